@@ -1,0 +1,180 @@
+"""`bigsleep`: dream images from the command line, without Discord."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import secrets
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from generator.protocol import ALLOWED_SIZES, MAX_SEED, QUALITY_PRESETS, DreamSpec, SpecError
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse prints the whole usage block on a bad option; one line that points at --help is friendlier."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineArgumentParser(prog="bigsleep", description="Dream images from text with BigSleep (BigGAN-deep + CLIP).")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineArgumentParser)
+    dream = commands.add_parser(
+        "dream",
+        help="turn a text prompt into an image",
+        description="Optimise BigGAN-deep's inputs until CLIP says the image matches the prompt.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    defaults = DreamSpec(prompt="")
+    dream.add_argument("prompt", help="what to dream; separate several prompts with |")
+    dream.add_argument("--negative", default="", help="what to steer away from; separate several with |")
+    dream.add_argument("--seed", type=_seed, default=None, help=f"0 to {MAX_SEED}; the same seed and settings give the same image (default: random, printed)")
+    dream.add_argument("--preset", choices=sorted(QUALITY_PRESETS), default=None,
+                       help="named steps/cutouts (and size for 'cpu'); explicit --steps/--cutouts/--size win")
+    dream.add_argument("--steps", type=_positive_int, default=None, help=f"optimisation steps (default {defaults.steps})")
+    dream.add_argument("--size", type=int, choices=ALLOWED_SIZES, default=None, help=f"image side in pixels (default {defaults.size})")
+    dream.add_argument("--cutouts", type=_positive_int, default=None, help=f"random crops CLIP judges per step (default {defaults.cutouts})")
+    dream.add_argument("--lr", type=float, default=defaults.learning_rate, help="Adam learning rate")
+    dream.add_argument("--ema-decay", type=float, default=defaults.ema_decay, help="decay of the latent average the saved images are rendered from")
+    dream.add_argument("--max-classes", type=_positive_int, default=None, help="limit each block to a soft mix of this many ImageNet classes")
+    dream.add_argument("--out", type=Path, default=None, help="output PNG (default: named after the prompt and seed)")
+    dream.add_argument("--save-every", type=_positive_int, default=None, metavar="N", help="also save a snapshot every N steps, beside --out")
+    dream.add_argument("--timelapse", type=Path, default=None, metavar="GIF", help="write an animated GIF of the snapshots (every 10 steps unless --save-every)")
+    dream.add_argument("--models", choices=("full", "tiny"), default=None,
+                       help="'tiny': toy random models that check the setup, images are noise (default: $BIGSLEEP_MODELS or full)")
+    dream.add_argument("--device", default=os.environ.get("BIGSLEEP_DEVICE", "auto"), help="auto, cpu, cuda or cuda:N")
+    dream.add_argument("--clip-precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                       help="CLIP's weight precision; auto is fp16 on CUDA and bf16 on CPU (BigGAN always runs fp32)")
+    dream.add_argument("--weights-dir", type=Path, default=None, help="a folder that already holds the weight files; the network is never used")
+    dream.add_argument("--cache-dir", type=Path, default=None, help="where downloaded weights are kept (default: $BIGSLEEP_CACHE_DIR or the user cache)")
+    dream.add_argument("--offline", action="store_true", help="never download; fail with instructions if weights are missing")
+    dream.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seed {text!r} is not a whole number") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"seed must be between 0 and {MAX_SEED}")
+    return value
+
+
+def spec_from_args(args: argparse.Namespace) -> DreamSpec:
+    preset = QUALITY_PRESETS.get(args.preset, {}) if args.preset else {}
+    spec = DreamSpec(
+        prompt=args.prompt,
+        negative=args.negative,
+        seed=args.seed if args.seed is not None else secrets.randbelow(2**31),
+        learning_rate=args.lr,
+        ema_decay=args.ema_decay,
+        max_classes=args.max_classes,
+        snapshot_every=args.save_every or (10 if args.timelapse else 0),
+    )
+    spec = replace(spec, **preset)
+    explicit = {name: value for name, value in (("steps", args.steps), ("size", args.size), ("cutouts", args.cutouts)) if value is not None}
+    return replace(spec, **explicit).validate()
+
+
+def default_output_path(spec: DreamSpec) -> Path:
+    words = re.sub(r"[^a-z0-9]+", "-", spec.prompt.lower()).strip("-")[:48] or "dream"
+    return Path(f"{words}-{spec.seed}.png")
+
+
+def run_dream(args: argparse.Namespace) -> int:
+    from generator.tokens import check_prompt_lengths
+
+    spec = spec_from_args(args)
+    check_prompt_lengths(spec.prompt, spec.negative)
+    out = args.out or default_output_path(spec)
+    if out.suffix.lower() != ".png":
+        raise SpecError(f"--out must end in .png, not {out.name!r}")
+    if args.timelapse is not None and args.timelapse.suffix.lower() != ".gif":
+        raise SpecError(f"--timelapse must end in .gif, not {args.timelapse.name!r}")
+
+    # torch loads slowly; only after the options are known to be good.
+    import torch
+    from tqdm import tqdm
+
+    from generator.engine import dream
+    from generator.images import timelapse_gif
+    from generator.models import TINY_WARNING, load_models, models_kind_from_env, resolve_device
+    from generator.weights import WeightsSource
+
+    kind = args.models or models_kind_from_env()
+    if kind == "tiny":
+        print(TINY_WARNING, file=sys.stderr)
+    device = resolve_device(args.device)
+    clip_dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.clip_precision]
+    source = WeightsSource.from_env()
+    source = replace(
+        source,
+        cache_dir=args.cache_dir or source.cache_dir,
+        local_dir=args.weights_dir or source.local_dir,
+        offline=args.offline or source.offline,
+    )
+    models = load_models(kind, [spec.size], device, clip_dtype, source)
+
+    snapshot_dir = out.with_name(out.stem + "-snapshots")
+    print(f"Dreaming “{spec.prompt}” at {spec.size} px, {spec.steps} steps, seed {spec.seed}, on {device}.", file=sys.stderr)
+    with tqdm(total=spec.steps, unit="step", disable=args.quiet, file=sys.stderr) as bar:
+        def on_step(report):
+            bar.update(1)
+            bar.set_postfix(loss=f"{report.loss:.2f}")
+            if report.snapshot is not None and args.save_every:
+                snapshot_dir.mkdir(parents=True, exist_ok=True)
+                report.snapshot.save(snapshot_dir / f"step-{report.step:05d}.png")
+
+        outcome = dream(models, spec, on_step=on_step, keep_snapshots=args.timelapse is not None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    outcome.image.save(out)
+    print(f"Saved {out} ({outcome.wall_seconds:.1f} s).")
+    if args.timelapse is not None:
+        args.timelapse.parent.mkdir(parents=True, exist_ok=True)
+        args.timelapse.write_bytes(timelapse_gif(outcome.snapshots))
+        print(f"Saved {args.timelapse} ({len(outcome.snapshots)} frames).")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from generator.models import ModelLoadError
+    from generator.weights import MissingWeightsError, WeightsDownloadError
+
+    try:
+        if args.command == "dream":
+            return run_dream(args)
+    except SpecError as error:
+        print(f"bigsleep {args.command}: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (MissingWeightsError, WeightsDownloadError, ModelLoadError) as error:
+        print(f"bigsleep {args.command}: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("\nbigsleep: interrupted; nothing was saved.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

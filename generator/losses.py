@@ -1,0 +1,45 @@
+"""BigSleep's loss, per image: CLIP similarity + latent regulariser + class sharpness.
+
+Every function takes a leading batch dimension and returns one loss per image, so that images optimised
+together in one batch each get exactly the gradient they would get alone.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+SIMILARITY_WEIGHT = 100.0
+CLASS_SHARPNESS_WEIGHT = 50.0
+
+
+def similarity_loss(image_embeddings: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """-100 x mean cosine to each positive prompt, +100 x mean cosine to each negative one, summed over prompts.
+
+    image_embeddings: (crops, d) of one image; positive (p, d), negative (q, d). Returns a scalar.
+    """
+    def mean_cosine(texts: torch.Tensor) -> torch.Tensor:
+        if texts.shape[0] == 0:
+            return image_embeddings.new_zeros(())
+        cosines = F.cosine_similarity(texts[:, None, :], image_embeddings[None, :, :], dim=-1)
+        return cosines.mean(dim=1).sum()
+
+    return SIMILARITY_WEIGHT * (mean_cosine(negative) - mean_cosine(positive))
+
+
+def latent_loss(z: torch.Tensor) -> torch.Tensor:
+    """Keep each z row looking like a standard normal sample. z: (batch, rows, 128) -> (batch,)."""
+    row_means = z.mean(dim=-1)
+    loss = (1 - z.std(dim=-1)).abs().mean(dim=-1) + row_means.abs().mean(dim=-1)
+    loss = loss + 4 * torch.clamp(z.square().mean(dim=(-2, -1)), min=1.0)
+    deviations = z - row_means[..., None]
+    zscores = deviations / deviations.square().mean(dim=-1, keepdim=True).sqrt()
+    skew = zscores.pow(3).mean(dim=-1)
+    excess_kurtosis = zscores.pow(4).mean(dim=-1) - 3.0
+    return loss + (skew.abs() + excess_kurtosis.abs()).mean(dim=-1)
+
+
+def class_loss(classes: torch.Tensor) -> torch.Tensor:
+    """Push each row toward one class: all activations but the largest should be near zero. (batch, rows, C) -> (batch,)."""
+    all_but_largest = torch.topk(classes, k=classes.shape[-1] - 1, dim=-1, largest=False).values
+    return (CLASS_SHARPNESS_WEIGHT * all_but_largest).square().mean(dim=(-2, -1))

@@ -1,0 +1,161 @@
+"""Loading the two networks, real or tiny, onto a chosen device and precision."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from pytorch_pretrained_biggan import BigGAN, BigGANConfig
+
+from generator import biggan as biggan_ops
+from generator import clip_model
+from generator.weights import WeightFile, WeightsSource, ensure_files, files_for_sizes
+
+MODEL_KINDS = ("full", "tiny")
+TINY_CHANNEL_WIDTH = 8
+TINY_WARNING = (
+    "Using the TINY models: random weights at toy width, for checking a setup without downloading 600 MB. "
+    "Their images are noise, not pictures of your prompt."
+)
+
+
+class ModelLoadError(RuntimeError):
+    """A weights file exists but is not what it should be; the message says which and what to do."""
+
+
+@dataclass
+class DreamModels:
+    """BigGAN-deep generators (one per image size) and CLIP, frozen, on one device."""
+
+    clip: torch.nn.Module
+    device: torch.device
+    clip_dtype: torch.dtype
+    kind: str
+    generators: dict[int, BigGAN] = field(default_factory=dict)
+
+    @property
+    def images_are_noise(self) -> bool:
+        return self.kind == "tiny"
+
+    @property
+    def sizes(self) -> list[int]:
+        return sorted(self.generators)
+
+    def generator(self, size: int) -> BigGAN:
+        try:
+            return self.generators[size]
+        except KeyError:
+            raise ModelLoadError(f"no BigGAN-deep-{size} loaded (loaded: {self.sizes})") from None
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_clip_dtype(device: torch.device) -> torch.dtype:
+    """Half precision for CLIP, as the reference runs it on GPU; bfloat16 on CPUs, which lack fast fp16."""
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """'auto' (or None) picks CUDA when present; anything else is taken as a torch device name."""
+    if name in (None, "", "auto"):
+        return default_device()
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {name!r} was asked for, but this machine has no usable CUDA GPU")
+    return device
+
+
+def models_kind_from_env() -> str:
+    kind = os.environ.get("BIGSLEEP_MODELS", "full").strip().lower() or "full"
+    if kind not in MODEL_KINDS:
+        raise ModelLoadError(f"BIGSLEEP_MODELS must be one of {', '.join(MODEL_KINDS)}, not {kind!r}")
+    return kind
+
+
+def load_models(
+    kind: str,
+    sizes: Sequence[int],
+    device: torch.device,
+    clip_dtype: torch.dtype | None = None,
+    source: WeightsSource | None = None,
+    catalog: list[WeightFile] | None = None,
+) -> DreamModels:
+    """Load the networks for `sizes`. 'full' fetches (or finds) the real weights; 'tiny' builds toy ones.
+
+    `catalog` replaces the list of weight files (a mirror with other checksums, tests); `source` says where
+    files live and whether the network may be used.
+    """
+    if kind not in MODEL_KINDS:
+        raise ModelLoadError(f"models must be one of {', '.join(MODEL_KINDS)}, not {kind!r}")
+    clip_dtype = clip_dtype or default_clip_dtype(device)
+    if kind == "tiny":
+        clip = clip_model.random_clip("tiny")
+        generators = {size: biggan_ops.random_biggan(biggan_ops.config_for_size(size, TINY_CHANNEL_WIDTH)) for size in sizes}
+    else:
+        source = source or WeightsSource.from_env()
+        files = catalog if catalog is not None else files_for_sizes(sizes, source.mirror)
+        paths = ensure_files(files, source)
+        clip = clip_model.load_clip(paths[_clip_key(files)])
+        generators = {size: load_biggan(paths[_biggan_key(files, size, "pytorch_model.bin")].parent) for size in sizes}
+    return assemble(clip, generators, device, clip_dtype, kind)
+
+
+def assemble(clip: torch.nn.Module, generators: dict[int, BigGAN], device: torch.device, clip_dtype: torch.dtype, kind: str) -> DreamModels:
+    """Prepare freshly loaded networks for BigSleep: frozen, trimmed, on `device`, CLIP in `clip_dtype`."""
+    prepared = {size: biggan_ops.prepare_for_inference(g).to(device) for size, g in generators.items()}
+    clip = clip_model.prepare_for_inference(clip, device, clip_dtype)
+    return DreamModels(clip=clip, device=device, clip_dtype=clip_dtype, kind=kind, generators=prepared)
+
+
+def load_biggan(folder: Path) -> BigGAN:
+    """A BigGAN-deep from a folder holding pytorch-pretrained-biggan's `config.json` and `pytorch_model.bin`."""
+    config = BigGANConfig.from_json_file(str(folder / "config.json"))
+    model = BigGAN(config)
+    try:
+        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated or foreign file: say which one, not a pickle traceback
+        raise ModelLoadError(f"{folder / 'pytorch_model.bin'} is not a readable BigGAN checkpoint ({error}). Delete it to download it again.") from error
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Spectral-norm vectors are rebuilt by torch when absent; anything else missing means the wrong file.
+    missing = [key for key in missing if not key.endswith(("weight_u", "weight_v"))]
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"{folder / 'pytorch_model.bin'} does not match {folder / 'config.json'}: "
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}. Delete both files to download them again."
+        )
+    return model.eval()
+
+
+def write_random_weights(folder: Path, sizes: Sequence[int], width: str = "tiny") -> dict[str, Path]:
+    """Write random-weight models in the real file formats and layout, as `ensure_files` would leave them.
+
+    'tiny' is the toy-width preset; 'full' is the real architectures (BigGAN-deep + ViT-B/32) with random
+    weights, for benchmarks and real-size checks where the real weights cannot be downloaded.
+    """
+    channel_width = TINY_CHANNEL_WIDTH if width == "tiny" else 128
+    written: dict[str, Path] = {}
+    for file in files_for_sizes(sizes):
+        path = folder / file.key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        written[file.key] = path
+    for size in sizes:
+        config = biggan_ops.config_for_size(size, channel_width)
+        model_path = written[_biggan_key(files_for_sizes([size]), size, "pytorch_model.bin")]
+        torch.save(biggan_ops.random_biggan(config).state_dict(), model_path)
+        (model_path.parent / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    torch.save(clip_model.random_clip(width).state_dict(), written[_clip_key(files_for_sizes(sizes))])
+    return written
+
+
+def _clip_key(files: list[WeightFile]) -> str:
+    return next(file.key for file in files if file.key.endswith(".pt"))
+
+
+def _biggan_key(files: list[WeightFile], size: int, name: str) -> str:
+    return next(file.key for file in files if f"biggan-deep-{size}" in file.key and file.key.endswith(name))

@@ -1,0 +1,143 @@
+"""The message protocol between the bot and the generation process.
+
+Plain, picklable dataclasses only: this module must never import torch (the bot imports it) nor discord
+(the generator imports it). `DreamSpec` is also what the engine and the command line take, so a job means
+the same thing wherever it is run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+ALLOWED_SIZES = (128, 256, 512)
+MAX_STEPS = 5000
+MAX_CUTOUTS = 256
+MAX_SEED = 2**63 - 1
+PROMPT_SEPARATOR = "|"
+
+
+class SpecError(ValueError):
+    """A dream setting a user chose is out of range; the message is written for that user."""
+
+
+@dataclass(frozen=True)
+class DreamSpec:
+    """Everything that decides the image: the same spec (and machine) gives the same pixels."""
+
+    prompt: str
+    negative: str = ""
+    seed: int = 0
+    steps: int = 400
+    size: int = 256
+    cutouts: int = 32
+    learning_rate: float = 0.07
+    ema_decay: float = 0.99
+    max_classes: int | None = None
+    # 0 means no snapshots; otherwise one snapshot every N steps and one at the end.
+    snapshot_every: int = 0
+    # Latents (an .npz written by the engine for an earlier result) to start from, for variations.
+    init_latents: bytes | None = field(default=None, repr=False)
+    init_noise: float = 0.0
+
+    @property
+    def prompts(self) -> list[str]:
+        return split_prompts(self.prompt)
+
+    @property
+    def negative_prompts(self) -> list[str]:
+        return split_prompts(self.negative)
+
+    def with_changes(self, **changes) -> DreamSpec:
+        return replace(self, **changes)
+
+    def validate(self) -> DreamSpec:
+        """Check ranges that do not need the models (prompt length against CLIP needs the tokenizer)."""
+        if not self.prompts:
+            raise SpecError("The prompt is empty: describe what you want to see.")
+        if self.size not in ALLOWED_SIZES:
+            raise SpecError(f"Size must be one of {', '.join(map(str, ALLOWED_SIZES))} pixels, not {self.size}.")
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise SpecError(f"Steps must be between 1 and {MAX_STEPS}, not {self.steps}.")
+        if not 1 <= self.cutouts <= MAX_CUTOUTS:
+            raise SpecError(f"Cutouts must be between 1 and {MAX_CUTOUTS}, not {self.cutouts}.")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise SpecError(f"The seed must be a whole number from 0 to {MAX_SEED}, not {self.seed}.")
+        if not 0.0 < self.learning_rate <= 1.0:
+            raise SpecError(f"The learning rate must be above 0 and at most 1, not {self.learning_rate}.")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise SpecError(f"The EMA decay must be at least 0 and below 1, not {self.ema_decay}.")
+        if self.max_classes is not None and not 1 <= self.max_classes <= 1000:
+            raise SpecError(f"max_classes must be between 1 and 1000, not {self.max_classes}.")
+        if self.snapshot_every < 0:
+            raise SpecError(f"snapshot_every must be 0 (never) or a positive number of steps, not {self.snapshot_every}.")
+        if not 0.0 <= self.init_noise <= 2.0:
+            raise SpecError(f"init_noise must be between 0 and 2, not {self.init_noise}.")
+        return self
+
+
+def split_prompts(text: str) -> list[str]:
+    """Prompts are separated by `|`; blank pieces are dropped."""
+    return [piece.strip() for piece in text.split(PROMPT_SEPARATOR) if piece.strip()]
+
+
+# Named settings a user can pick instead of numbers. "cpu" finishes a 128 px image in minutes on a laptop CPU.
+QUALITY_PRESETS: dict[str, dict[str, int]] = {
+    "draft": {"steps": 150, "cutouts": 16},
+    "normal": {"steps": 400, "cutouts": 32},
+    "best": {"steps": 1000, "cutouts": 64},
+    "cpu": {"steps": 120, "cutouts": 8, "size": 128},
+}
+
+
+# ---- messages across the process boundary ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    job_id: str
+    spec: DreamSpec
+    # Keep every snapshot and return an animated GIF of them with the result.
+    timelapse: bool = False
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    job_id: str
+    step: int
+    total: int
+    loss: float
+    snapshot_png: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    job_id: str
+    png: bytes = field(repr=False)
+    seed: int
+    steps: int
+    wall_seconds: float
+    # The EMA latents of the final image (.npz), so a variation can start from them.
+    latents_npz: bytes = field(repr=False)
+    timelapse_gif: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class JobFailed:
+    job_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class JobCancelled:
+    job_id: str
+
+
+@dataclass(frozen=True)
+class JobInterrupted:
+    """The worker stopped (shutdown) before the job finished; the caller should queue it again."""
+
+    job_id: str
+
+
+JobEvent = JobProgress | JobResult | JobFailed | JobCancelled | JobInterrupted
+FINAL_EVENTS = (JobResult, JobFailed, JobCancelled, JobInterrupted)
