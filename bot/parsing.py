@@ -1,0 +1,225 @@
+"""Turn `/imagine` options into a validated DreamSpec before anything is queued.
+
+Every problem with what a user typed raises `SpecError` (or `PromptTooLong`, a subclass) whose message is one
+friendly sentence the bot can show as is (send it with mentions disabled: it may quote the user's text).
+Nothing else escapes for bad input; a bug in a hook passed in by the bot is not caught.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from generator.protocol import (
+    ALLOWED_SIZES,
+    MAX_SEED,
+    MAX_STEPS,
+    QUALITY_PRESETS,
+    DreamSpec,
+    SpecError,
+    split_prompts,
+)
+from generator.tokens import check_prompt_lengths
+
+DEFAULT_MAX_PROMPT_CHARS = 1000
+# Seeds we pick are below 2**32: short enough to read off an image and type back, still plenty of variety.
+RANDOM_SEED_LIMIT = 2**32
+# Texts this many times over the character cap are refused before any normalisation work at all.
+_HARD_LENGTH_FACTOR = 4
+_QUOTE_LIMIT = 40
+
+BannedWordCheck = Callable[[str], "str | None"]
+
+# CLIP's tokenizer turns these literal strings into its start/end markers; a prompt must not smuggle them in.
+_CLIP_MARKERS = re.compile(r"<\|(?:startoftext|endoftext)\|>", re.IGNORECASE)
+_WHITESPACE_RUN = re.compile(r"\s+")
+# Bidirectional overrides and isolates can make the echoed prompt display as something else.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+class PromptTooLong(SpecError):
+    """The prompt is longer than the character cap or CLIP's context."""
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What a server allows; defaults now, per-server settings later."""
+
+    max_steps: int = 1000
+    max_size: int = 512
+    default_steps: int = QUALITY_PRESETS["normal"]["steps"]
+    default_size: int = 256
+    max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
+    # Each `|`-separated piece is one more CLIP target; a handful is what anyone means.
+    max_prompt_parts: int = 8
+
+    def __post_init__(self) -> None:
+        # Misconfiguration is the operator's bug, not the user's: ValueError, not SpecError.
+        if not 1 <= self.max_steps <= MAX_STEPS:
+            raise ValueError(f"max_steps must be between 1 and {MAX_STEPS}")
+        if not 1 <= self.default_steps <= self.max_steps:
+            raise ValueError("default_steps must be between 1 and max_steps")
+        if self.max_size not in ALLOWED_SIZES or self.default_size not in ALLOWED_SIZES:
+            raise ValueError(f"sizes must be among {ALLOWED_SIZES}")
+        if self.default_size > self.max_size:
+            raise ValueError("default_size must not exceed max_size")
+        if self.max_prompt_chars < 1 or self.max_prompt_parts < 1:
+            raise ValueError("max_prompt_chars and max_prompt_parts must be positive")
+
+
+def parse_imagine(
+    prompt: object,
+    *,
+    negative: object = None,
+    seed: object = None,
+    steps: object = None,
+    quality: object = None,
+    size: object = None,
+    limits: ServerLimits | None = None,
+    banned_word: BannedWordCheck | None = None,
+    rng: random.Random | None = None,
+) -> DreamSpec:
+    """Validate /imagine options into a DreamSpec, or raise SpecError with a sentence for the user.
+
+    Options take Discord's types (str, int) but also strings typed by hand. A quality preset sets steps,
+    cutouts and maybe size; explicit `steps`/`size` override it. `banned_word(text)` returns the offending
+    word or None; it sees the cleaned prompt (not the negative prompt, which only steers away from things).
+    """
+    limits = limits or ServerLimits()
+    clean_prompt = clean_text(prompt, "prompt", limits.max_prompt_chars)
+    if not split_prompts(clean_prompt):
+        raise SpecError("The prompt is empty: describe what you want to see.")
+    clean_negative = "" if negative is None else clean_text(negative, "negative prompt", limits.max_prompt_chars)
+    parts = len(split_prompts(clean_prompt)) + len(split_prompts(clean_negative))
+    if parts > limits.max_prompt_parts:
+        raise SpecError(
+            f"Use at most {limits.max_prompt_parts} prompts separated by “|” in total, not {parts}."
+        )
+    if banned_word is not None:
+        offending = banned_word(clean_prompt)
+        if offending:
+            raise SpecError(f"Your prompt contains “{_quote(str(offending))}”, which this server does not allow.")
+
+    settings = {**QUALITY_PRESETS["normal"], "steps": limits.default_steps, "size": limits.default_size}
+    if quality is not None:
+        preset_name, preset = _preset(quality)
+        if preset["steps"] > limits.max_steps and steps is None:
+            raise SpecError(
+                f"The “{preset_name}” quality takes {preset['steps']} steps, but this server allows at most "
+                f"{limits.max_steps}; pick another quality or set fewer steps."
+            )
+        settings.update(preset)
+    if steps is not None:
+        settings["steps"] = _whole_number(steps, "The number of steps", 1, limits.max_steps)
+    if size is not None:
+        settings["size"] = _size(size)
+    if settings["size"] > limits.max_size:
+        raise SpecError(
+            f"This server allows images up to {limits.max_size} pixels, and you asked for {settings['size']}."
+        )
+    chosen_seed = (
+        (rng or random.SystemRandom()).randrange(RANDOM_SEED_LIMIT)
+        if seed is None
+        else _whole_number(seed, "The seed", 0, MAX_SEED)
+    )
+
+    # CLIP can only read 75 tokens of each piece; the message says how much to cut.
+    try:
+        check_prompt_lengths(clean_prompt, clean_negative)
+    except SpecError as error:
+        raise PromptTooLong(str(error)) from None
+    return DreamSpec(
+        prompt=clean_prompt,
+        negative=clean_negative,
+        seed=chosen_seed,
+        steps=settings["steps"],
+        size=settings["size"],
+        cutouts=settings["cutouts"],
+    ).validate()
+
+
+def clean_text(text: object, what: str, max_chars: int = DEFAULT_MAX_PROMPT_CHARS) -> str:
+    """Normalise user text: newlines and tabs become spaces, control characters go, spaces collapse.
+
+    The length is checked on the raw text first (a megabyte of input costs nothing) and again after cleaning.
+    """
+    if not isinstance(text, str):
+        raise SpecError(f"The {what} must be text.")
+    if len(text) > max_chars * _HARD_LENGTH_FACTOR:
+        raise _too_many_chars(what, len(text), max_chars)
+    kept = []
+    for char in text:
+        category = unicodedata.category(char)
+        if category in ("Zl", "Zp") or char in "\t\n\r\v\f":
+            kept.append(" ")
+        elif category in ("Cc", "Cs", "Co", "Cn") or char in _BIDI_CONTROLS:
+            # Control, lone surrogate (cannot even be stored as UTF-8), private-use and unassigned characters.
+            continue
+        else:
+            kept.append(char)
+    cleaned = _CLIP_MARKERS.sub(" ", "".join(kept))
+    cleaned = _WHITESPACE_RUN.sub(" ", cleaned).strip()
+    if len(cleaned) > max_chars:
+        raise _too_many_chars(what, len(cleaned), max_chars)
+    return cleaned
+
+
+def _too_many_chars(what: str, length: int, max_chars: int) -> PromptTooLong:
+    return PromptTooLong(
+        f"The {what} is {length:,} characters long; the limit is {max_chars:,}, "
+        f"so shorten it by {length - max_chars:,} characters."
+    )
+
+
+def _quote(text: str) -> str:
+    text = _WHITESPACE_RUN.sub(" ", "".join(c for c in text if unicodedata.category(c)[0] != "C")).strip()
+    return text if len(text) <= _QUOTE_LIMIT else text[: _QUOTE_LIMIT - 1] + "…"
+
+
+def _preset(name: object) -> tuple[str, dict[str, int]]:
+    key = name.strip().lower() if isinstance(name, str) else None
+    if key is None or key not in QUALITY_PRESETS:
+        shown = f"quality “{_quote(name)}”" if isinstance(name, str) and _quote(name) else "such quality"
+        raise SpecError(f"There is no {shown}; choose one of {', '.join(QUALITY_PRESETS)}.")
+    return key, QUALITY_PRESETS[key]
+
+
+def _whole_number(value: object, what: str, low: int, high: int) -> int:
+    """An int from Discord, or a string a user typed; refuse anything that is not a plain whole number."""
+    number: int | None = None
+    if isinstance(value, bool):
+        pass  # True is an int to Python, but never a number a user meant
+    elif isinstance(value, int):
+        number = value
+    elif isinstance(value, float):
+        number = int(value) if value.is_integer() else None
+    elif isinstance(value, str):
+        text = value.strip().replace(",", "").replace("_", "")
+        digits = text[1:] if text[:1] in "+-" else text
+        # Only ASCII digits ('²' and other Unicode digits are refused); the length check keeps int() cheap.
+        if digits and digits.isascii() and digits.isdigit():
+            number = int(text) if len(digits) <= 30 else (-1 if text.startswith("-") else 1) * 10**30
+    if number is None:
+        shown = f" “{_quote(value)}” is not one" if isinstance(value, str) and _quote(value) else ""
+        raise SpecError(f"{what} must be a whole number from {low} to {high:,}{';' if shown else ''}{shown}.")
+    if number < low:
+        if number < 0:
+            raise SpecError(f"{what} can't be negative; use a whole number from {low} to {high:,}.")
+        raise SpecError(f"{what} must be at least {low}, not {number}.")
+    if number > high:
+        raise SpecError(f"{what} can be at most {high:,}; {number if number < 10**30 else 'yours'} is too large.")
+    return number
+
+
+def _size(value: object) -> int:
+    text = value.strip().lower().removesuffix("px").strip() if isinstance(value, str) else value
+    try:
+        number = _whole_number(text, "The size", 1, max(ALLOWED_SIZES))
+    except SpecError:
+        number = None
+    if number not in ALLOWED_SIZES:
+        raise SpecError(f"The size must be one of {', '.join(map(str, ALLOWED_SIZES))} pixels.")
+    return number
