@@ -10,7 +10,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from generator.protocol import ALLOWED_SIZES, MAX_SEED, QUALITY_PRESETS, DreamSpec, SpecError
+from generator.protocol import ALLOWED_SIZES, MAX_SEED, MODEL_KINDS, QUALITY_PRESETS, DreamSpec, SpecError
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     dream.add_argument("--out", type=Path, default=None, help="output PNG (default: named after the prompt and seed)")
     dream.add_argument("--save-every", type=_positive_int, default=None, metavar="N", help="also save a snapshot every N steps, beside --out")
     dream.add_argument("--timelapse", type=Path, default=None, metavar="GIF", help="write an animated GIF of the snapshots (every 10 steps unless --save-every)")
-    dream.add_argument("--models", choices=("full", "tiny"), default=None,
-                       help="'tiny': toy random models that check the setup, images are noise (default: $BIGSLEEP_MODELS or full)")
+    dream.add_argument("--models", choices=MODEL_KINDS, default=None,
+                       help="'tiny': toy random models that check the setup; 'random': real-size random models (benchmarks); "
+                            "both draw noise (default: $BIGSLEEP_MODELS or full)")
     dream.add_argument("--device", default=os.environ.get("BIGSLEEP_DEVICE", "auto"), help="auto, cpu, cuda or cuda:N")
     dream.add_argument("--clip-precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                        help="CLIP's weight precision; auto is fp16 on CUDA and bf16 on CPU (BigGAN always runs fp32)")
@@ -118,12 +119,12 @@ def run_dream(args: argparse.Namespace) -> int:
 
     from generator.engine import dream
     from generator.images import timelapse_gif
-    from generator.models import TINY_WARNING, load_models, models_kind_from_env, resolve_device
+    from generator.models import RANDOM_WARNING, TINY_WARNING, load_models, models_kind_from_env, resolve_device
     from generator.weights import WeightsSource
 
     kind = args.models or models_kind_from_env()
-    if kind == "tiny":
-        print(TINY_WARNING, file=sys.stderr)
+    if kind != "full":
+        print(TINY_WARNING if kind == "tiny" else RANDOM_WARNING, file=sys.stderr)
     device = resolve_device(args.device)
     clip_dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.clip_precision]
     source = WeightsSource.from_env()

@@ -72,8 +72,24 @@ def normalize_pixels(images: torch.Tensor) -> torch.Tensor:
 
 
 def encode_images(model: CLIP, images: torch.Tensor) -> torch.Tensor:
-    """Embeddings (n, embed_dim) in fp32 of images (n, 3, res, res) in [0, 1]."""
-    return model.encode_image(normalize_pixels(images)).float()
+    """Embeddings (n, embed_dim) in fp32 of images (n, 3, res, res) in [0, 1].
+
+    The same computation as CLIP's own vision transformer, except that the last block runs for the class
+    token alone: it is the only token read after that block, and it needs the other tokens only as keys and
+    values. That skips about 1/12 of CLIP's forward and backward work without changing the result.
+    """
+    visual = model.visual
+    patches = visual.conv1(normalize_pixels(images).to(visual.conv1.weight.dtype)).flatten(2).permute(0, 2, 1)
+    class_token = visual.class_embedding.to(patches.dtype).expand(patches.shape[0], 1, -1)
+    tokens = torch.cat([class_token, patches], dim=1) + visual.positional_embedding.to(patches.dtype)
+    tokens = visual.ln_pre(tokens).permute(1, 0, 2)  # CLIP's transformer takes (tokens, batch, width)
+    *leading_blocks, last_block = visual.transformer.resblocks
+    for block in leading_blocks:
+        tokens = block(tokens)
+    normed = last_block.ln_1(tokens)
+    summary = tokens[:1] + last_block.attn(normed[:1], normed, normed, need_weights=False)[0]
+    summary = summary + last_block.mlp(last_block.ln_2(summary))
+    return (visual.ln_post(summary[0]) @ visual.proj).float()
 
 
 @torch.no_grad()
@@ -101,4 +117,8 @@ def random_clip(width: str = "tiny", seed: int = 0) -> CLIP:
     }[width]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return CLIP(*shapes).eval()
+        model = CLIP(*shapes).eval()
+    # OpenAI's checkpoints hold these weights in fp16 and clip.load rounds to fp16 whatever it reads; do the
+    # same here, so that a random model behaves identically in memory and after a trip through a file.
+    _cast_matrix_weights(model, torch.float16)
+    return model.float()

@@ -14,6 +14,9 @@ MAX_STEPS = 5000
 MAX_CUTOUTS = 256
 MAX_SEED = 2**63 - 1
 PROMPT_SEPARATOR = "|"
+# full: the real weights. tiny: toy-width random models (tests, checking a setup). random: the real-size
+# architectures with random weights (benchmarks, real-size checks). Both random kinds draw noise.
+MODEL_KINDS = ("full", "tiny", "random")
 
 
 class SpecError(ValueError):
@@ -139,5 +142,17 @@ class JobInterrupted:
     job_id: str
 
 
-JobEvent = JobProgress | JobResult | JobFailed | JobCancelled | JobInterrupted
+@dataclass(frozen=True)
+class JobRestarted:
+    """The generation process died while it held the job; the job runs again from step 0 in a new process.
+
+    Not final: progress starts again at step 1 and, for the same spec, ends in the same image. A job is re-run
+    once; if the process dies again while it holds the job, JobFailed follows instead.
+    """
+
+    job_id: str
+    reason: str
+
+
+JobEvent = JobProgress | JobResult | JobFailed | JobCancelled | JobInterrupted | JobRestarted
 FINAL_EVENTS = (JobResult, JobFailed, JobCancelled, JobInterrupted)

@@ -1,0 +1,414 @@
+"""The generation process: owns the GPU, loads the models once, and runs every job it is given, in batches.
+
+Started by `generator.client.GenerationClient` (multiprocessing, spawn); `serve` is its main function. Jobs of
+the same image size are optimised together, one engine step at a time ("continuous batching"): a new job joins
+its size's batch at the next step boundary, a finished or cancelled one leaves it, and the others go on. Control
+messages (submit, cancel, stop) are read between steps, so a cancel or a stop takes effect within one step.
+
+A job's image does not depend on which jobs shared its batch: each job has its own latents, optimiser, EMA and
+crop generator, and a step that fails is undone for every job in it (crop generator included) before any retry.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import gc
+import importlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch
+from PIL import Image
+
+from generator.client import (
+    CancelJob,
+    Heartbeat,
+    StepDone,
+    StopWorker,
+    SubmitJob,
+    WorkerConfig,
+    WorkerReady,
+    WorkerStartFailed,
+    WorkerStopped,
+)
+from generator.engine import DreamEngine, DreamJob
+from generator.images import png_bytes, timelapse_gif
+from generator.models import DreamModels, load_models, resolve_device
+from generator.protocol import (
+    DreamSpec,
+    JobCancelled,
+    JobFailed,
+    JobInterrupted,
+    JobProgress,
+    JobRequest,
+    JobResult,
+    SpecError,
+)
+
+log = logging.getLogger("bigsleep.worker")
+
+CLIP_DTYPES: dict[str, torch.dtype | None] = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+OUT_OF_MEMORY = (
+    "The image generator ran out of memory for this image, even on its own and with fewer cutouts. "
+    "Try a smaller size or fewer cutouts."
+)
+INTERNAL_ERROR = (
+    "The image generator hit an internal error ({kind}) while making this image. "
+    "It has been logged; other settings may work."
+)
+
+
+class ClientGone(Exception):
+    """The client's end of a pipe is closed: nobody is left to work for."""
+
+
+class EventSender:
+    """Sends to the client from the main loop and the heartbeat thread, one whole message at a time."""
+
+    def __init__(self, connection: Connection):
+        self._connection = connection
+        self._lock = threading.Lock()
+
+    def send(self, message: Any) -> None:
+        with self._lock:
+            try:
+                self._connection.send(message)
+            except (OSError, ValueError) as error:
+                raise ClientGone from error
+
+
+def send_heartbeats(sender: EventSender, interval_s: float, stop: threading.Event) -> None:
+    # From a side thread, so a long step (which releases the GIL in torch) does not look like a dead process;
+    # a step that never ends is caught by the client's hang timeout instead.
+    while not stop.wait(interval_s):
+        try:
+            sender.send(Heartbeat())
+        except ClientGone:
+            return
+
+
+def serve(config: WorkerConfig, requests: Connection, events: Connection) -> None:
+    """Main function of the generation process."""
+    logging.basicConfig(
+        level=config.log_level,
+        format="%(asctime)s generator[%(process)d] %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # A native crash (segfault in a kernel, say) then leaves a Python traceback in the log before the client
+    # notices the death.
+    faulthandler.enable()
+    # Ctrl-C in a terminal reaches the whole process group; the client decides when this process stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sender = EventSender(events)
+    stop_heartbeats = threading.Event()
+    heartbeats = threading.Thread(
+        target=send_heartbeats, args=(sender, config.heartbeat_interval_s, stop_heartbeats), name="heartbeat", daemon=True
+    )
+    heartbeats.start()
+    try:
+        try:
+            engine = build_engine(config)
+        except Exception as error:
+            log.exception("could not load the models")
+            sender.send(WorkerStartFailed(f"{type(error).__name__}: {error}"))
+            return
+        models = engine.models
+        sender.send(
+            WorkerReady(
+                pid=os.getpid(),
+                models_kind=models.kind,
+                device=str(models.device),
+                sizes=tuple(models.sizes),
+                clip_dtype=str(models.clip_dtype).removeprefix("torch."),
+            )
+        )
+        GenerationLoop(engine, config.max_batch_size, requests, sender).run()
+    except ClientGone:
+        log.warning("the client went away; exiting")
+    finally:
+        stop_heartbeats.set()
+
+
+def build_engine(config: WorkerConfig) -> DreamEngine:
+    if config.torch_threads is not None:
+        torch.set_num_threads(config.torch_threads)
+    device = resolve_device(config.device)
+    started = time.perf_counter()
+    models = load_models(config.models_kind, config.sizes, device, CLIP_DTYPES[config.clip_precision])
+    log.info("loaded %s models for %s px on %s in %.1f s", models.kind, models.sizes, device, time.perf_counter() - started)
+    factory: Callable[[DreamModels], DreamEngine] = DreamEngine
+    if config.engine_factory is not None:
+        factory = import_object(config.engine_factory)
+        log.warning("using the engine from %s", config.engine_factory)
+    return factory(models)
+
+
+def import_object(path: str) -> Any:
+    module_name, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def readable_reason(error: BaseException) -> str:
+    """What a user is told: the text of a spec problem (written for users), otherwise no internals."""
+    if isinstance(error, SpecError):
+        return str(error)
+    if is_out_of_memory(error):
+        return OUT_OF_MEMORY
+    return INTERNAL_ERROR.format(kind=type(error).__name__)
+
+
+def release_cached_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+@dataclass(eq=False)
+class HeldJob:
+    request: JobRequest
+    # Set when the job joins a batch (its latents, optimiser and prompt embeddings exist from then on).
+    dream: DreamJob | None = None
+    frames: list[Image.Image] = field(default_factory=list)
+    fewer_cutouts_tried: bool = False
+
+    @property
+    def job_id(self) -> str:
+        return self.request.job_id
+
+    @property
+    def spec(self) -> DreamSpec:
+        return self.request.spec
+
+
+class GenerationLoop:
+    """Jobs by image size: a batch being optimised and a queue waiting to join it, for each size."""
+
+    def __init__(self, engine: DreamEngine, max_batch_size: int, requests: Connection, sender: EventSender):
+        self.engine = engine
+        self.max_batch_size = max_batch_size
+        self.requests = requests
+        self.sender = sender
+        self.jobs: dict[str, HeldJob] = {}
+        self.waiting: defaultdict[int, deque[HeldJob]] = defaultdict(deque)
+        self.batches: defaultdict[int, list[HeldJob]] = defaultdict(list)
+        # Lowered after running out of memory; forgotten once a size has no jobs left, since what fits depends
+        # on the jobs (their cutouts) as much as on their number.
+        self.batch_limits: dict[int, int] = {}
+        self.last_size = 0
+        self.stop_requested = False
+
+    def run(self) -> None:
+        while True:
+            self.take_messages(wait=not self.jobs)
+            if self.stop_requested:
+                for job in list(self.jobs.values()):
+                    self.sender.send(JobInterrupted(job.job_id))
+                self.jobs.clear()
+                self.sender.send(WorkerStopped())
+                log.info("stopped on request")
+                return
+            size = self.next_size()
+            if size is not None:
+                self.advance(size)
+
+    # ---- control messages ---------------------------------------------------------------------------------
+
+    def take_messages(self, wait: bool) -> None:
+        """Everything the client sent since the last step; when idle, wait for the next message first."""
+        try:
+            if wait:
+                self.handle(self.requests.recv())
+            while not self.stop_requested and self.requests.poll(0):
+                self.handle(self.requests.recv())
+        except (EOFError, OSError):
+            log.warning("the client closed its end of the pipe; stopping")
+            self.stop_requested = True
+
+    def handle(self, message: Any) -> None:
+        if isinstance(message, SubmitJob):
+            job = HeldJob(message.request)
+            if job.job_id in self.jobs:
+                log.warning("job %s submitted twice; ignoring the second", job.job_id)
+                return
+            self.jobs[job.job_id] = job
+            self.waiting[job.spec.size].append(job)
+        elif isinstance(message, CancelJob):
+            job = self.jobs.get(message.job_id)
+            if job is not None:
+                self.remove(job)
+                self.sender.send(JobCancelled(job.job_id))
+                log.info("job %s cancelled", job.job_id)
+        elif isinstance(message, StopWorker):
+            self.stop_requested = True
+        else:
+            log.warning("unexpected message: %r", message)
+
+    # ---- scheduling ---------------------------------------------------------------------------------------
+
+    def next_size(self) -> int | None:
+        """Sizes with jobs take turns, one step each, so one size's queue cannot starve another's."""
+        sizes = sorted(size for size in set(self.batches) | set(self.waiting) if self.batches[size] or self.waiting[size])
+        if not sizes:
+            return None
+        size = next((size for size in sizes if size > self.last_size), sizes[0])
+        self.last_size = size
+        return size
+
+    def admit(self, size: int) -> None:
+        batch, queue = self.batches[size], self.waiting[size]
+        limit = min(self.max_batch_size, self.batch_limits.get(size, self.max_batch_size))
+        while queue and len(batch) < limit:
+            job = queue.popleft()
+            if job.dream is None and not self.begin(job):
+                continue
+            batch.append(job)
+
+    def begin(self, job: HeldJob) -> bool:
+        loaded = self.engine.models.sizes
+        if job.spec.size not in loaded:
+            self.fail(job, f"This generator makes images of {', '.join(map(str, loaded))} pixels only, not {job.spec.size}.")
+            return False
+        try:
+            job.dream = self.engine.start(job.spec)
+        except Exception as error:
+            self.fail(job, readable_reason(error), error)
+            return False
+        return True
+
+    def advance(self, size: int) -> None:
+        self.admit(size)
+        batch = self.batches[size]
+        if batch:
+            started = time.perf_counter()
+            try:
+                losses = self.step(batch)
+            except Exception as error:
+                if is_out_of_memory(error):
+                    self.shrink(size, batch, error)
+                else:
+                    self.find_culprit(batch, error)
+            else:
+                self.sender.send(StepDone(size, len(batch), time.perf_counter() - started))
+                self.report(batch, losses)
+        if not self.batches[size] and not self.waiting[size]:
+            self.batch_limits.pop(size, None)
+
+    # ---- stepping and its failures ------------------------------------------------------------------------
+
+    def step(self, jobs: Sequence[HeldJob]) -> list[float]:
+        """One engine step for `jobs`; if it raises, every job that did not advance is left exactly as it was."""
+        dreams = [job.dream for job in jobs]
+        before = [(dream.step, dream.crop_rng.get_state()) for dream in dreams]
+        try:
+            return self.engine.step(dreams)
+        except Exception:
+            # The crops are drawn before anything can fail; drawing them again must give the same ones, or a
+            # job's image would depend on whether a batch it was in failed.
+            for dream, (step, crop_state) in zip(dreams, before):
+                if dream.step == step:
+                    dream.crop_rng.set_state(crop_state)
+            raise
+
+    def shrink(self, size: int, batch: list[HeldJob], error: BaseException) -> None:
+        """Out of memory: halve the batch (the rest wait their turn); alone, retry once with half the cutouts."""
+        release_cached_memory(self.engine.models.device)
+        if len(batch) > 1:
+            limit = len(batch) // 2
+            self.batch_limits[size] = limit
+            parked = batch[limit:]
+            del batch[limit:]
+            self.waiting[size].extendleft(reversed(parked))
+            log.warning("out of memory with %d jobs of %d px (%s); at most %d at a time for now", len(batch) + len(parked), size, error, limit)
+            return
+        (job,) = batch
+        if not job.fewer_cutouts_tried and job.dream.cutouts > 1:
+            job.fewer_cutouts_tried = True
+            job.dream.cutouts_override = job.dream.cutouts // 2
+            log.warning("out of memory with job %s alone (%s); retrying it with %d cutouts", job.job_id, error, job.dream.cutouts)
+            return
+        self.fail(job, OUT_OF_MEMORY, error)
+
+    def find_culprit(self, batch: list[HeldJob], error: BaseException) -> None:
+        """A batch step raised: step its jobs one at a time, so only the job that raises fails."""
+        if len(batch) == 1:
+            self.fail(batch[0], readable_reason(error), error)
+            return
+        log.warning("a step of %d jobs failed (%s: %s); stepping them one at a time", len(batch), type(error).__name__, error)
+        size = batch[0].spec.size
+        for job in list(batch):
+            try:
+                losses = self.step([job])
+            except Exception as single_error:
+                if is_out_of_memory(single_error):
+                    self.shrink(size, [job], single_error)
+                else:
+                    self.fail(job, readable_reason(single_error), single_error)
+                continue
+            self.report([job], losses)
+
+    # ---- telling the client -------------------------------------------------------------------------------
+
+    def report(self, jobs: Sequence[HeldJob], losses: Sequence[float]) -> None:
+        for job, loss in zip(list(jobs), losses):
+            dream = job.dream
+            try:
+                snapshot = self.engine.render_average(dream) if dream.wants_snapshot() else None
+                if snapshot is not None and job.request.timelapse:
+                    job.frames.append(snapshot)
+                png = png_bytes(snapshot) if snapshot is not None else None
+                self.sender.send(JobProgress(job.job_id, dream.step, dream.spec.steps, loss, png))
+                if dream.finished:
+                    self.finish(job, snapshot)
+            except ClientGone:
+                raise
+            except Exception as error:
+                self.fail(job, readable_reason(error), error)
+
+    def finish(self, job: HeldJob, last_snapshot: Image.Image | None) -> None:
+        dream = job.dream
+        # With snapshots on, the one taken after the last step already is the final picture.
+        final = last_snapshot if last_snapshot is not None else self.engine.render_average(dream)
+        gif = timelapse_gif(job.frames or [final]) if job.request.timelapse else None
+        result = JobResult(
+            job_id=job.job_id,
+            png=png_bytes(final),
+            seed=dream.spec.seed,
+            steps=dream.step,
+            wall_seconds=time.perf_counter() - dream.started_at,
+            latents_npz=self.engine.average_latents_npz(dream),
+            timelapse_gif=gif,
+        )
+        self.remove(job)
+        self.sender.send(result)
+        log.info("job %s done: %d steps in %.1f s", job.job_id, dream.step, result.wall_seconds)
+
+    def fail(self, job: HeldJob, reason: str, error: BaseException | None = None) -> None:
+        if error is not None:
+            log.error("job %s failed", job.job_id, exc_info=error)
+        else:
+            log.error("job %s failed: %s", job.job_id, reason)
+        self.remove(job)
+        self.sender.send(JobFailed(job.job_id, reason))
+
+    def remove(self, job: HeldJob) -> None:
+        self.jobs.pop(job.job_id, None)
+        size = job.spec.size
+        if job in self.batches[size]:
+            self.batches[size].remove(job)
+        if job in self.waiting[size]:
+            self.waiting[size].remove(job)

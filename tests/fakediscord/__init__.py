@@ -1,0 +1,146 @@
+"""A fake Discord for end-to-end tests: the real, unmodified discord.py talks to it over 127.0.0.1.
+
+One aiohttp server answers REST under ``/api/v10`` and runs the gateway websocket at ``/gateway``. It
+enforces the Discord rules a bot is most likely to break, answering with Discord's own status codes and
+``{"code", "message"}`` bodies, and it records everything for assertions. The fake, the bot and the test
+share one event loop, so a test may also call the bot's own objects (``bot.get_channel(id).send(...)``).
+
+Fixtures (``tests/fakediscord/fixtures.py``, loaded by ``tests/conftest.py``)
+-----------------------------------------------------------------------------
+- ``fake_discord``: a started ``FakeDiscord``; ``discord.http.Route.BASE`` and
+  ``discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY`` point at it for the test's duration.
+- ``bot_runner``: ``await bot_runner.start(bot)`` logs in with ``fake_discord.token`` (running
+  ``setup_hook``, e.g. command sync) and returns once ``on_ready`` fired; ``await bot_runner.stop(bot)``
+  closes it. Bots still running are closed at teardown, before the fake stops.
+- ``discord_error_log``: fails the test if the ``discord`` logger logged ERROR (discord.py logs command
+  and view errors instead of raising them); ``discord_error_log.allow('text' or predicate)`` accepts
+  expected ones, ``.records`` / ``.unexpected()`` / ``.report()`` inspect them.
+Create bots with ``guild_ready_timeout=0.01``, or ``on_ready`` comes 2 s late.
+
+Building the world (plain methods)
+----------------------------------
+- ``guild = fake.add_guild(name, everyone_permissions=..., bot_permissions=...)``; ``guild.owner``.
+- ``channel = fake.add_channel(guild, name, bot_can_post=True, bot_can_view=True, nsfw=False)``.
+- ``member = fake.add_member(guild, name, permissions=Permission.MANAGE_GUILD, roles=[role])``.
+- ``role = fake.add_role(guild, name, permissions=...)``; ``fake.assign_role(member, role)``, ``remove_role``.
+- ``fake.set_bot_can_post(channel, False)``, ``fake.set_channel_overwrite(channel, member_or_role, allow=, deny=)``,
+  ``fake.delete_channel(channel)``, ``fake.block_direct_messages(member)``, ``fake.permissions_in(member, channel)``.
+Permission values may be ints, ``Permission`` flags or ``discord.Permissions``. Changes made while a bot
+is connected are dispatched on the gateway (CHANNEL_CREATE, GUILD_MEMBER_ADD, ...).
+
+Acting as users (coroutines returning a ``FakeInteraction``)
+-------------------------------------------------------------
+- ``await fake.invoke_command(channel, member, 'imagine', prompt='a cat')``: subcommands by path
+  (``'queue clear'``); options as keywords or a dict passed positionally. USER/CHANNEL/ROLE options take
+  fake objects, ATTACHMENT options take ``Upload(filename, data)``. Raises ``CommandNotVisible`` where
+  Discord would hide the command (``default_member_permissions``, channel permissions, contexts, nsfw),
+  ``CommandNotFound`` for unsynced names, ``ValueError``/``TypeError`` for options Discord's client refuses.
+- ``await fake.autocomplete(channel, member, 'imagine', 'style', style='imp')`` (focused option, partial text).
+- ``await fake.click_button(member, message, custom_id)`` or ``label=...``;
+  ``await fake.select_options(member, message, custom_id, ['a'])``;
+  ``await fake.submit_modal(interaction_that_opened_it, {'field_custom_id': 'text'})``.
+Other user and moderator actions: ``await fake.post_user_message(channel, member, 'hi')``,
+``fake.add_user_reaction(message, member, '👍')``, ``fake.delete_message(channel, message)`` (ids or
+objects; later edits get 10008 and MESSAGE_DELETE is dispatched).
+
+``FakeInteraction`` (``id``, ``token``, ``payload``, ``data``, ``member``, ``channel``, ``response``,
+``original_message``, ``followups``, ``rejected``):
+``await i.wait_response()`` -> ``InteractionResponse`` (``type``, ``kind`` in 'message',
+'deferred_message', 'deferred_update', 'update_message', 'autocomplete', 'modal'; ``content``,
+``ephemeral``, ``embeds``, ``components``, ``choices``, ``modal``, ``message``, ``deferred``), or raises
+``InteractionFailed`` once the deadline passed without one; ``await i.wait_original(pred)`` (default: no
+longer "thinking"), ``await i.wait_followup(pred)``, ``await i.wait_message(pred)``. As on Discord, the
+first followup after a thinking defer fills the deferred message (it appears in both places).
+
+Observing
+---------
+- ``fake.messages_in(channel, include_ephemeral=False, include_deleted=False)``, ``fake.message(id)``:
+  ``FakeMessage`` with ``content``, ``embeds``, ``components`` (``buttons()``, ``custom_ids()``,
+  ``find_component()``), ``attachments`` (``FakeAttachment.data`` holds the bytes, ``dimensions`` for PNGs;
+  its URL is served by the fake and expires after ``fake.attachment_url_lifetime`` on the fake clock),
+  ``allowed_mentions``, ``mentioned_user_ids``, ``mention_everyone``, ``ephemeral``, ``loading``,
+  ``deleted``, ``versions`` (``MessageVersion`` per create/edit/delete with fake-clock ``at`` and ``source``),
+  ``edit_count``, ``edit_times``.
+- ``fake.requests`` / ``fake.requests_matching(method, path_contains, route=, status=)``: ``RequestRecord``
+  (``method``, ``path``, ``route`` template, ``status``, ``error_code``, ``at``, ``monotonic``, ``json``, ``files``).
+- ``fake.commands(guild=None)``, ``fake.command(name, guild)``, ``fake.visible_commands(member, channel)``.
+- ``fake.gateway_records`` (``GatewayRecord``: identify, ready, resume, resumed, dispatch, closed, ...),
+  ``fake.gateway_sessions()``.
+- Waits, woken by every change (no polling), raising ``FakeDiscordTimeout``: ``await fake.wait_for(fn)``
+  returns ``fn()``'s first truthy value; ``wait_for_message(channel, pred, after=fake.checkpoint())``,
+  ``wait_for_message_update(message, pred)``, ``wait_for_request(method, path_contains, status=, after=)``,
+  ``wait_for_gateway('resumed', after=)``.
+
+Failure injection and time
+--------------------------
+``fake.rate_limit_next(path_contains, retry_after=0.5, count=1, method=None, is_global=False)`` answers
+429 as Discord does; ``fake.clock.advance(seconds)`` (15 minutes expires interaction tokens: 50027);
+``fake.interaction_deadline`` (3.0: set 0.2 to test the 3 s rule quickly); ``fake.attachment_size_limit``
+(10 MiB, also sent in interaction payloads); ``fake.enabled_privileged_intents``;
+``await fake.request_reconnect()`` (op 7) and ``await fake.drop_gateway_connections()`` (then RESUME).
+
+Example::
+
+    async def test_ping(fake_discord, bot_runner):
+        guild = fake_discord.add_guild('Dreamers')
+        channel = fake_discord.add_channel(guild, 'art')
+        alice = fake_discord.add_member(guild, 'alice')
+        await bot_runner.start(MyBot(guild_ready_timeout=0.01))
+        interaction = await fake_discord.invoke_command(channel, alice, 'ping')
+        response = await interaction.wait_response()
+        assert response.kind == 'message' and response.content == 'pong'
+"""
+
+from .clock import FakeClock
+from .errors import (
+    CommandNotFound,
+    CommandNotVisible,
+    ComponentNotFound,
+    FakeDiscordError,
+    FakeDiscordTimeout,
+    InteractionFailed,
+)
+from .gateway import GatewayRecord
+from .interactions import FakeInteraction, InteractionResponse, RejectedCallback
+from .models import (
+    FakeAttachment,
+    FakeChannel,
+    FakeGuild,
+    FakeMember,
+    FakeMessage,
+    FakeRole,
+    FakeUser,
+    MessageVersion,
+    Upload,
+)
+from .permissions import Permission
+from .rest import RateLimitRule, RequestRecord
+from .server import Checkpoint, FakeDiscord
+
+__all__ = [
+    'Checkpoint',
+    'CommandNotFound',
+    'CommandNotVisible',
+    'ComponentNotFound',
+    'FakeAttachment',
+    'FakeChannel',
+    'FakeClock',
+    'FakeDiscord',
+    'FakeDiscordError',
+    'FakeDiscordTimeout',
+    'FakeGuild',
+    'FakeInteraction',
+    'FakeMember',
+    'FakeMessage',
+    'FakeRole',
+    'FakeUser',
+    'GatewayRecord',
+    'InteractionFailed',
+    'InteractionResponse',
+    'MessageVersion',
+    'Permission',
+    'RateLimitRule',
+    'RejectedCallback',
+    'RequestRecord',
+    'Upload',
+]

@@ -1,0 +1,56 @@
+"""`bigsleep dream` as a user runs it: a real subprocess with the tiny models."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from generator.cli import build_parser
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "BIGSLEEP_CACHE_DIR": str(cwd / "cache"), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "generator", *args], cwd=cwd, env=environment,
+                          capture_output=True, text=True, timeout=240)
+
+
+def test_help_documents_every_option():
+    dream_parser = build_parser()._subparsers._group_actions[0].choices["dream"]
+    help_text = dream_parser.format_help()
+    for action in dream_parser._actions:
+        for flag in action.option_strings:
+            assert flag in help_text
+        if action.dest != "help":
+            assert action.help, f"{action.dest} has no help text"
+
+
+def test_tiny_dream_writes_image_snapshots_and_timelapse(tmp_path):
+    result = run_cli("dream", "a bowl of cherries", "--models", "tiny", "--size", "128", "--steps", "6", "--cutouts", "2",
+                     "--seed", "7", "--out", "cherries.png", "--save-every", "3", "--timelapse", "cherries.gif", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "noise" in result.stderr  # the tiny preset says plainly what it is
+    assert Image.open(tmp_path / "cherries.png").size == (128, 128)
+    assert sorted(p.name for p in (tmp_path / "cherries-snapshots").iterdir()) == ["step-00003.png", "step-00006.png"]
+    gif = Image.open(tmp_path / "cherries.gif")
+    assert gif.n_frames == 2
+
+
+def test_bad_options_get_one_line_and_no_traceback(tmp_path):
+    for args in (["dream", "x", "--steps", "-3"], ["dream", "x", "--size", "300"], ["dream", "x", "--seed", "abc"],
+                 ["dream", "x", "--bogus"], ["dream", "x", "--models", "tiny", "--out", "x.jpg"],
+                 ["dream", "word " * 100, "--models", "tiny"]):
+        result = run_cli(*args, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_offline_without_weights_explains_what_to_download(tmp_path):
+    result = run_cli("dream", "a lighthouse", "--offline", "--size", "128", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "ViT-B-32.pt" in result.stderr and "biggan-deep-128" in result.stderr and "https://" in result.stderr

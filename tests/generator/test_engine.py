@@ -1,0 +1,138 @@
+"""The BigSleep loop on the tiny models: reproducible, it optimises, and it stops when told."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from generator import clip_model
+from generator.cutouts import cut_and_resize, sample_crop_boxes
+from generator.engine import DreamCancelled, DreamEngine, dream
+from generator.latents import Latents
+from generator.protocol import DreamSpec, SpecError
+
+SPEC = DreamSpec(prompt="a bowl of cherries", seed=7, steps=6, size=128, cutouts=4)
+
+
+def pixels(outcome) -> np.ndarray:
+    return np.asarray(outcome.image, dtype=np.int16)
+
+
+def test_same_seed_gives_identical_pixels(tiny_models):
+    first, second = dream(tiny_models, SPEC), dream(tiny_models, SPEC)
+    assert np.array_equal(pixels(first), pixels(second))
+    assert first.latents_npz == second.latents_npz
+
+
+def test_different_seed_gives_a_different_image(tiny_models):
+    first, other = dream(tiny_models, SPEC), dream(tiny_models, SPEC.with_changes(seed=8))
+    assert np.abs(pixels(first) - pixels(other)).mean() > 1.0
+
+
+def test_crop_positions_come_from_the_seed():
+    boxes = [sample_crop_boxes(256, 16, torch.Generator().manual_seed(seed)) for seed in (1, 1, 2)]
+    assert torch.equal(boxes[0].top, boxes[1].top) and torch.equal(boxes[0].side, boxes[1].side)
+    assert not torch.equal(boxes[0].top, boxes[2].top)
+    assert int(boxes[0].side.min()) >= 128 and int(boxes[0].side.max()) <= int(256 * 0.95)
+    assert bool(((boxes[0].top + boxes[0].side) <= 256).all() and ((boxes[0].left + boxes[0].side) <= 256).all())
+
+
+def test_one_gather_matches_slicing_and_resizing_each_crop():
+    image = torch.rand(3, 128, 128)
+    boxes = sample_crop_boxes(128, 12, torch.Generator().manual_seed(3))
+    expected = torch.cat([
+        F.interpolate(image[None, :, top:top + side, left:left + side], size=(224, 224), mode="nearest")
+        for top, left, side in zip(boxes.top.tolist(), boxes.left.tolist(), boxes.side.tolist())
+    ])
+    assert torch.equal(cut_and_resize(image, boxes, 224), expected)
+
+
+def test_class_token_shortcut_matches_clips_own_image_encoder(tiny_models):
+    images = torch.rand(3, 3, 224, 224)
+    ours = clip_model.encode_images(tiny_models.clip, images)
+    theirs = tiny_models.clip.encode_image(clip_model.normalize_pixels(images)).float()
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_loss_goes_down_on_a_fixed_prompt(tiny_models):
+    losses = []
+    dream(tiny_models, DreamSpec(prompt="a red apple", seed=1, steps=40, size=128, cutouts=8, learning_rate=0.05),
+          on_step=lambda report: losses.append(report.loss))
+    assert np.mean(losses[-8:]) < np.mean(losses[:8]) - 0.5
+
+
+def similarity_to(models, outcome, prompt: str) -> float:
+    image = torch.from_numpy(np.asarray(outcome.image.resize((224, 224)), dtype=np.float32) / 255).permute(2, 0, 1)
+    embedding = clip_model.encode_images(models.clip, image[None])
+    text = clip_model.encode_texts(models.clip, [prompt], models.device)
+    return F.cosine_similarity(embedding, text).item()
+
+
+def test_negative_prompt_pushes_the_other_way(tiny_models):
+    settings = dict(seed=2, steps=25, size=128, cutouts=8, learning_rate=0.05)
+    towards = dream(tiny_models, DreamSpec(prompt="a red apple", **settings))
+    away = dream(tiny_models, DreamSpec(prompt="a calm sea", negative="a red apple", **settings))
+    assert similarity_to(tiny_models, towards, "a red apple") > similarity_to(tiny_models, away, "a red apple")
+
+
+def test_cancellation_stops_between_steps(tiny_models):
+    reports = []
+    with pytest.raises(DreamCancelled):
+        dream(tiny_models, SPEC.with_changes(steps=50), on_step=reports.append, should_stop=lambda: len(reports) >= 3)
+    assert len(reports) == 3
+
+
+def test_snapshots_come_every_n_steps_and_after_the_last(tiny_models):
+    reports = []
+    outcome = dream(tiny_models, SPEC.with_changes(steps=7, snapshot_every=3), on_step=reports.append, keep_snapshots=True)
+    assert [r.step for r in reports if r.snapshot is not None] == [3, 6, 7]
+    assert [r.step for r in reports] == list(range(1, 8))
+    assert len(outcome.snapshots) == 3
+    assert np.array_equal(np.asarray(outcome.snapshots[-1]), np.asarray(outcome.image))
+
+
+def test_no_snapshot_work_on_steps_without_one(tiny_models, monkeypatch):
+    rendered = []
+    original = DreamEngine.render_average
+    monkeypatch.setattr(DreamEngine, "render_average", lambda self, job: rendered.append(job.step) or original(self, job))
+    dream(tiny_models, SPEC.with_changes(steps=6, snapshot_every=4))
+    assert rendered == [4, 6]
+
+
+def test_prompt_longer_than_clips_context_is_refused_clearly(tiny_models):
+    with pytest.raises(SpecError, match=r"CLIP reads at most 75"):
+        dream(tiny_models, SPEC.with_changes(prompt="cherries " * 90))
+
+
+def test_each_prompt_between_bars_is_checked_separately(tiny_models):
+    long_piece = "cherries " * 40
+    dream(tiny_models, SPEC.with_changes(prompt=f"{long_piece}|{long_piece}", steps=1))  # 40 tokens each: fine
+    with pytest.raises(SpecError):
+        dream(tiny_models, SPEC.with_changes(prompt="apple", negative="pear " * 80, steps=1))
+
+
+@pytest.mark.parametrize("change", [dict(size=300), dict(steps=0), dict(seed=-1), dict(prompt=" | "), dict(ema_decay=1.0)])
+def test_bad_settings_are_refused_before_any_work(tiny_models, change):
+    with pytest.raises(SpecError):
+        dream(tiny_models, SPEC.with_changes(**change))
+
+
+def test_variation_starts_near_the_saved_latents(tiny_models):
+    parent = dream(tiny_models, SPEC)
+    saved = Latents.from_npz(parent.latents_npz, 11, 0.0, torch.Generator(), torch.device("cpu"))
+    engine = DreamEngine(tiny_models)
+    close = engine.start(SPEC.with_changes(init_latents=parent.latents_npz, init_noise=0.1, seed=99))
+    far = engine.start(SPEC.with_changes(seed=99))
+    distance = lambda job: (job.latents.z - saved.z).abs().mean().item()
+    assert distance(close) < 0.2 < distance(far)
+
+
+def test_batched_step_gives_each_job_its_own_gradient(tiny_models):
+    engine = DreamEngine(tiny_models)
+    alone = engine.start(SPEC)
+    engine.step([alone])
+    first, second = engine.start(SPEC), engine.start(SPEC.with_changes(prompt="a calm sea", seed=3))
+    engine.step([first, second])
+    torch.testing.assert_close(first.latents.z, alone.latents.z, rtol=1e-4, atol=1e-5)
