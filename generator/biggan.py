@@ -145,7 +145,7 @@ def _converge_spectral_norm(module: torch.nn.Module, iterations: int = 30) -> No
         u.copy_(F.normalize(weight @ v, dim=0, eps=1e-12))
 
 
-def _typical_latents(config: BigGANConfig, seed: int, samples: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+def _typical_latents(config: BigGANConfig, seed: int, samples: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     rng = torch.Generator().manual_seed(seed)
     rows = latent_rows(config)
     z = torch.randn(samples, rows, Z_DIM, generator=rng)

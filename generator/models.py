@@ -130,14 +130,15 @@ def load_biggan(folder: Path) -> BigGAN:
         state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated or foreign file: say which one, not a pickle traceback
         raise ModelLoadError(f"{folder / 'pytorch_model.bin'} is not a readable BigGAN checkpoint ({error}). Delete it to download it again.") from error
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    mismatch = f"{folder / 'pytorch_model.bin'} does not match {folder / 'config.json'}"
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # tensors of the wrong shapes
+        raise ModelLoadError(f"{mismatch} ({str(error).splitlines()[-1].strip()}). Delete both files to download them again.") from error
     # Spectral-norm vectors are rebuilt by torch when absent; anything else missing means the wrong file.
     missing = [key for key in missing if not key.endswith(("weight_u", "weight_v"))]
     if missing or unexpected:
-        raise ModelLoadError(
-            f"{folder / 'pytorch_model.bin'} does not match {folder / 'config.json'}: "
-            f"missing {missing[:3]}, unexpected {unexpected[:3]}. Delete both files to download them again."
-        )
+        raise ModelLoadError(f"{mismatch}: missing {missing[:3]}, unexpected {unexpected[:3]}. Delete both files to download them again.")
     return model.eval()
 
 

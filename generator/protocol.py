@@ -88,7 +88,7 @@ QUALITY_PRESETS: dict[str, dict[str, int]] = {
     "draft": {"steps": 150, "cutouts": 16},
     "normal": {"steps": 400, "cutouts": 32},
     "best": {"steps": 1000, "cutouts": 64},
-    "cpu": {"steps": 120, "cutouts": 8, "size": 128},
+    "cpu": {"steps": 160, "cutouts": 8, "size": 128},
 }
 
 
@@ -146,8 +146,8 @@ class JobInterrupted:
 class JobRestarted:
     """The generation process died while it held the job; the job runs again from step 0 in a new process.
 
-    Not final: progress starts again at step 1 and, for the same spec, ends in the same image. A job is re-run
-    once; if the process dies again while it holds the job, JobFailed follows instead.
+    Not final: progress starts again at step 1 and, for the same spec, ends in the same image (within float
+    rounding). A job is re-run once; if the process dies again while it holds the job, JobFailed follows.
     """
 
     job_id: str

@@ -58,9 +58,9 @@ def test_class_token_shortcut_matches_clips_own_image_encoder(tiny_models):
 
 def test_loss_goes_down_on_a_fixed_prompt(tiny_models):
     losses = []
-    dream(tiny_models, DreamSpec(prompt="a red apple", seed=1, steps=40, size=128, cutouts=8, learning_rate=0.05),
+    dream(tiny_models, DreamSpec(prompt="a red apple", seed=1, steps=20, size=128, cutouts=4, learning_rate=0.05),
           on_step=lambda report: losses.append(report.loss))
-    assert np.mean(losses[-8:]) < np.mean(losses[:8]) - 0.5
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5
 
 
 def similarity_to(models, outcome, prompt: str) -> float:
@@ -71,7 +71,7 @@ def similarity_to(models, outcome, prompt: str) -> float:
 
 
 def test_negative_prompt_pushes_the_other_way(tiny_models):
-    settings = dict(seed=2, steps=25, size=128, cutouts=8, learning_rate=0.05)
+    settings = dict(seed=2, steps=12, size=128, cutouts=4, learning_rate=0.05)
     towards = dream(tiny_models, DreamSpec(prompt="a red apple", **settings))
     away = dream(tiny_models, DreamSpec(prompt="a calm sea", negative="a red apple", **settings))
     assert similarity_to(tiny_models, towards, "a red apple") > similarity_to(tiny_models, away, "a red apple")
@@ -135,4 +135,9 @@ def test_batched_step_gives_each_job_its_own_gradient(tiny_models):
     engine.step([alone])
     first, second = engine.start(SPEC), engine.start(SPEC.with_changes(prompt="a calm sea", seed=3))
     engine.step([first, second])
-    torch.testing.assert_close(first.latents.z, alone.latents.z, rtol=1e-4, atol=1e-5)
+    # Gradients, not latents: Adam's first step is about lr * sign(gradient), so a rounding-level difference in
+    # a near-zero gradient would flip a whole step. The tolerance is rounding-level for this loss: with random
+    # weights it is ill-conditioned (scaling z by 1 + 1e-7 moves its gradient by about 2e-3 of its largest entry).
+    scale = alone.latents.z.grad.abs().max().item()
+    torch.testing.assert_close(first.latents.z.grad, alone.latents.z.grad, rtol=0, atol=1e-2 * scale)
+    assert (second.latents.z.grad - alone.latents.z.grad).abs().max().item() > 0.2 * scale
