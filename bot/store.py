@@ -129,7 +129,15 @@ CREATE INDEX jobs_by_guild_state ON jobs (guild_id, state);
 CREATE INDEX jobs_by_parent ON jobs (parent_job_id);
 """
 
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+# Whether the job's channel message already shows how it ended (result, failure or cancel): a restart
+# re-shows what a stop or crash left unshown. Jobs that ended before this column existed count as shown.
+_SCHEMA_V2 = """
+ALTER TABLE jobs ADD COLUMN final_shown INTEGER NOT NULL DEFAULT 0;
+UPDATE jobs SET final_shown = 1 WHERE state IN ('done', 'failed', 'cancelled');
+CREATE INDEX jobs_by_final_shown ON jobs (final_shown, state);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
 """Migration scripts in order; the database's user_version is the number applied. Append only.
 
 Each script runs inside one transaction together with the user_version bump, so it must contain only
@@ -491,6 +499,12 @@ class JobStore:
             (user_id, guild_id, limit),
         )
 
+    async def active_jobs(self, user_id: int) -> list[Job]:
+        """A user's queued and running jobs over all servers, in dispatch order (for /queue and /cancel)."""
+        return await self._select(
+            "WHERE user_id = ? AND state IN ('queued', 'running') ORDER BY state = 'queued', seq", (user_id,)
+        )
+
     async def children(self, parent_job_id: str) -> list[Job]:
         """Rerolls and variations made from a job, oldest first."""
         return await self._select("WHERE parent_job_id = ? ORDER BY seq", (parent_job_id,))
@@ -625,6 +639,17 @@ class JobStore:
             if cursor.rowcount == 0:
                 raise JobNotFound(job_id)
             return await self._fetch(db, job_id)
+
+    async def mark_final_shown(self, job_id: str) -> None:
+        """The job's message now shows how it ended (or never can: its channel refuses the bot)."""
+        await self._update(job_id, "final_shown = 1", ())
+
+    async def unshown_finished(self, limit: int = 500) -> list[Job]:
+        """Finished jobs whose message does not show the ending yet, oldest first."""
+        return await self._select(
+            "WHERE final_shown = 0 AND state IN ('done', 'failed', 'cancelled') ORDER BY finished_at, seq LIMIT ?",
+            (limit,),
+        )
 
     async def set_progress_message(self, job_id: str, message_id: int | None) -> Job:
         """The bot-owned channel message that shows this job (None when it was deleted)."""

@@ -146,7 +146,7 @@ def test_defaults_come_from_the_server_limits() -> None:
 
 def test_quality_preset_then_explicit_options_override_it() -> None:
     cpu = parse_imagine("a cat", quality=" CPU ")
-    assert (cpu.steps, cpu.cutouts, cpu.size) == (120, 8, 128)
+    assert (cpu.steps, cpu.cutouts, cpu.size) == tuple(QUALITY_PRESETS["cpu"][key] for key in ("steps", "cutouts", "size"))
     mixed = parse_imagine("a cat", quality="cpu", steps="200", size="256px")
     assert (mixed.steps, mixed.cutouts, mixed.size) == (200, 8, 256)
 

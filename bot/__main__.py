@@ -1,0 +1,134 @@
+"""`bigsleep-bot` / `python -m bot`: run the Discord bot.
+
+    DISCORD_TOKEN=... bigsleep-bot                 # run
+    bigsleep-bot --sync-guild 123456789012345678   # also register the commands in one server (instant)
+    bigsleep-bot --sync                            # also register them globally (once per release)
+
+Commands are only registered when asked: Discord limits command creates per day. For tests against a
+Discord-compatible server, DISCORD_API_BASE and DISCORD_GATEWAY_URL point discord.py elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+PROG = "bigsleep-bot"
+EXIT_CONFIG = 2
+EXIT_FAILED = 1
+
+NO_TOKEN_MESSAGE = (
+    f"{PROG}: set DISCORD_TOKEN to your bot's token "
+    "(Discord Developer Portal > your application > Bot > Reset Token), then start it again."
+)
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_CONFIG, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog=PROG, description="A Discord bot that dreams images with BigSleep (BigGAN + CLIP).")
+    sync = parser.add_mutually_exclusive_group()
+    sync.add_argument("--sync", action="store_true", help="register the slash commands globally (takes up to an hour to show)")
+    sync.add_argument("--sync-guild", type=int, metavar="ID", help="register the slash commands in one server (instant; for development)")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="a TOML settings file instead of config/default.toml + config/local.toml")
+    return parser
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # discord.py's gateway chatter is noise at INFO.
+    logging.getLogger("discord.gateway").setLevel(max(logging.getLevelName(level), logging.WARNING))
+
+
+def point_discord_at(api_base: str | None, gateway_url: str | None) -> None:
+    """Use a Discord-compatible server (tests) instead of discord.com."""
+    import discord.gateway
+    import discord.http
+    import yarl
+
+    if api_base:
+        discord.http.Route.BASE = api_base.rstrip("/")
+    if gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
+
+
+async def run_until_stopped(bot, token: str) -> None:
+    """Run the bot until it stops or SIGINT/SIGTERM arrives; either way running jobs go back to the queue."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+    async with bot:
+        running = asyncio.create_task(bot.start(token), name="discord")
+        stopping = asyncio.create_task(stop.wait(), name="signals")
+        done, _ = await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if stopping in done:
+            logging.getLogger(__name__).info("stopping: handing running jobs back to the queue")
+            await bot.close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+        else:
+            stopping.cancel()
+            running.result()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    from bot.settings import (
+        DiscordConnection,
+        SettingsError,
+        load_settings,
+        unknown_environment_names,
+    )
+
+    connection = DiscordConnection.from_env()
+    if connection.token is None:
+        print(NO_TOKEN_MESSAGE, file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as problem:
+        for line in str(problem).splitlines():
+            print(f"{PROG}: {line}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    configure_logging(settings.log_level)
+    for name in unknown_environment_names():
+        logging.getLogger("bot").warning("ignoring %s: no such setting (see config/default.toml)", name)
+    point_discord_at(connection.api_base, connection.gateway_url)
+
+    import discord
+
+    from bot.app import BigSleepBot
+
+    sync = "global" if args.sync else args.sync_guild
+    bot = BigSleepBot(settings, sync=sync)
+    try:
+        asyncio.run(run_until_stopped(bot, connection.token.get_secret_value()))
+    except discord.LoginFailure:
+        print(f"{PROG}: Discord refused the token in DISCORD_TOKEN; copy it again from the Developer Portal.", file=sys.stderr)
+        return EXIT_FAILED
+    except discord.PrivilegedIntentsRequired as problem:
+        print(f"{PROG}: {problem}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""The bot: a commands.Bot that owns the job store, the fair queue, the worker client and the progress messages.
+
+Start-up (setup_hook, which runs at login, before the gateway connects; nothing here waits for the gateway):
+open the store, put jobs a previous process left running back at the front of the queue, rebuild the
+FairQueue from the store, start the dispatcher (which starts the worker in the background), register the
+commands and the restart-proof buttons, and re-show every waiting job's message. Shutdown (close) hands
+running jobs back to the queue before the connection closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, Literal
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.cogs.imagine import ImagineCog
+from bot.cogs.jobs import JobsCog
+from bot.dispatcher import Dispatcher, GenerationBackend, settings_from
+from bot.embeds import NO_MENTIONS
+from bot.fair_queue import FairQueue
+from bot.files import ResultFiles
+from bot.progress import ProgressMessages
+from bot.settings import BotSettings
+from bot.store import JobStore
+from bot.views import JobButton
+from generator.tokens import count_tokens
+
+log = logging.getLogger(__name__)
+
+BackendFactory = Callable[[BotSettings], GenerationBackend]
+SyncTarget = Literal["global"] | int | None
+
+
+def generation_client_for(settings: BotSettings) -> GenerationBackend:
+    """The real worker client (one generation process). Imported here so tests can run without it."""
+    from generator.client import GenerationClient, WorkerConfig
+
+    config = WorkerConfig(
+        models_kind=settings.models,
+        sizes=tuple(settings.worker.sizes),
+        device=settings.device,
+        max_batch_size=settings.worker.max_batch_size,
+        clip_precision=settings.worker.clip_precision,
+        hang_timeout_s=settings.worker.hang_timeout_seconds,
+        startup_timeout_s=settings.worker.startup_timeout_seconds,
+        log_level=settings.log_level,
+    )
+    return GenerationClient(config)
+
+
+class BigSleepTree(app_commands.CommandTree):
+    async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        if isinstance(error, app_commands.NoPrivateMessage):
+            text = "This command works in servers only."
+        elif isinstance(error, app_commands.CheckFailure):
+            text = "You can't use this command here."
+        else:
+            command = interaction.command.qualified_name if interaction.command else "?"
+            log.error("/%s failed", command, exc_info=error)
+            text = "Something went wrong on my side; please try again in a moment."
+        try:
+            if interaction.response.is_done():
+                await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+            else:
+                await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        except discord.HTTPException:
+            pass
+
+
+class BigSleepBot(commands.Bot):
+    store: JobStore
+    files: ResultFiles
+    dispatcher: Dispatcher
+    progress: ProgressMessages
+
+    def __init__(
+        self,
+        settings: BotSettings,
+        *,
+        backend_factory: BackendFactory = generation_client_for,
+        sync: SyncTarget = None,
+        **options: Any,
+    ) -> None:
+        # The bot never joins voice; discord.py would warn at every start that voice libraries are missing.
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
+        # Slash commands and buttons arrive as interactions; the guilds intent is all the cache needs.
+        intents = discord.Intents.none()
+        intents.guilds = True
+        options.setdefault("allowed_mentions", NO_MENTIONS)
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            help_command=None,
+            tree_cls=BigSleepTree,
+            **options,
+        )
+        self.settings = settings
+        self._backend_factory = backend_factory
+        self._sync = sync
+        self._started_services = False
+        self._closed_services = False
+
+    async def setup_hook(self) -> None:
+        settings = self.settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.files = ResultFiles(settings.data_dir)
+        self.store = await JobStore.open(settings.database_path)
+        recovered = await self.store.recover_after_restart(max_attempts=settings.worker.max_attempts)
+        queued = await self.store.list_queued()
+        dispatch_settings = settings_from(settings)
+        queue = FairQueue.rebuild(queued, dispatch_settings.caps)
+        self.progress = ProgressMessages(self, self.store, settings.progress)
+        self.dispatcher = Dispatcher(
+            store=self.store,
+            queue=queue,
+            backend=self._backend_factory(settings),
+            files=self.files,
+            backend_factory=lambda: self._backend_factory(settings),
+            progress=self.progress,
+            settings=dispatch_settings,
+            recent_durations=await self.store.recent_durations(dispatch_settings.eta_history),
+        )
+        self._started_services = True
+        await self.add_cog(ImagineCog(self))
+        await self.add_cog(JobsCog(self))
+        self.add_dynamic_items(JobButton)
+        # CLIP's tokenizer takes a moment to load; load it now rather than during someone's first /imagine.
+        await asyncio.to_thread(count_tokens, "warm up")
+
+        await self._show_unshown_endings()
+        for job in queued:
+            if job.attempts > 0:
+                # It ran before (handed back at shutdown, or found 'running' after a crash): its message
+                # still shows old progress; edit it back (or post a new one if it was deleted).
+                self.progress.waiting(job, " again: the bot restarted")
+            elif job.progress_message_id is None:
+                self.progress.announce(job)
+        requeued = sum(1 for job in recovered if job.state == "queued")
+        if recovered:
+            log.info(
+                "%d job(s) were running when the bot last stopped: %d re-queued at the front, %d given up",
+                len(recovered), requeued, len(recovered) - requeued,
+            )
+        log.info("%d job(s) waiting", len(queue))
+        self.dispatcher.start()
+
+        if self._sync == "global":
+            synced = await self.tree.sync()
+            log.info("synced %d global commands (they can take up to an hour to appear)", len(synced))
+        elif isinstance(self._sync, int):
+            guild = discord.Object(self._sync)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+            log.info("synced %d commands to server %s", len(synced), self._sync)
+
+    async def _show_unshown_endings(self) -> None:
+        """Jobs that ended while their message still showed progress (the bot stopped or crashed before the
+        last change went out; or given up by recover_after_restart): show how they ended now."""
+        for job in await self.store.unshown_finished():
+            if job.state == "done":
+                try:
+                    png = await asyncio.to_thread(self.files.read, job.png_path or "")
+                except (FileNotFoundError, IsADirectoryError, ValueError):
+                    await self.store.mark_final_shown(job.id)
+                    continue
+                self.progress.done(job, png)
+            elif job.state == "failed":
+                self.progress.failed(job, job.error or "The job could not be finished.")
+            else:
+                self.progress.cancelled(job)
+
+    async def close(self) -> None:
+        if self._started_services and not self._closed_services:
+            self._closed_services = True
+            await self.dispatcher.stop()
+            await self.progress.close()
+        await super().close()
+        if self._started_services and self._closed_services and getattr(self, "store", None) is not None:
+            store, self.store = self.store, None  # type: ignore[assignment]
+            await store.close()

@@ -1,0 +1,159 @@
+"""`/queue`, `/cancel [job]`, `/show <job>` and `/history`: a member's view of their jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot import embeds
+from bot.dispatcher import NotCancellable
+from bot.embeds import NO_MENTIONS
+from bot.store import Job, JobNotFound
+from bot.views import may_manage, result_view
+
+if TYPE_CHECKING:
+    from bot.app import BigSleepBot
+
+HISTORY_LENGTH = 10
+_AUTOCOMPLETE_CHOICES = 25
+
+
+class JobsCog(commands.Cog):
+    def __init__(self, bot: BigSleepBot) -> None:
+        self.bot = bot
+
+    # -- /queue --
+
+    @app_commands.command(name="queue", description="Your jobs with their places in the queue, and what is running")
+    @app_commands.guild_only()
+    async def queue(self, interaction: discord.Interaction) -> None:
+        dispatcher = self.bot.dispatcher
+        mine = []
+        for job in await self.bot.store.active_jobs(interaction.user.id):
+            position = dispatcher.position(job.id) if job.state == "queued" else None
+            eta = dispatcher.estimate_wait(position) if position is not None else None
+            mine.append((job, position, eta))
+        running = await self.bot.store.list_running()
+        embed = embeds.queue_embed(
+            mine,
+            total_queued=len(dispatcher.queue),
+            running=running,
+            progress=dispatcher.in_flight_progress(),
+        )
+        if not dispatcher.backend_ready:
+            embed.set_footer(text="The generator is still starting; jobs wait until it is ready.")
+        await interaction.response.send_message(embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    # -- /cancel --
+
+    @app_commands.command(name="cancel", description="Cancel one of your waiting or running jobs")
+    @app_commands.guild_only()
+    @app_commands.describe(job="The job id (leave empty if you have only one job)")
+    async def cancel(self, interaction: discord.Interaction, job: str | None = None) -> None:
+        target: Job | None
+        if job is None:
+            active = await self.bot.store.active_jobs(interaction.user.id)
+            if not active:
+                await self._reply(interaction, "You have no waiting or running jobs.")
+                return
+            if len(active) > 1:
+                ids = ", ".join(f"`{j.id}`" for j in active[:10])
+                await self._reply(interaction, f"You have {len(active)} jobs ({ids}); say which: `/cancel job:<id>`.")
+                return
+            target = active[0]
+        else:
+            target = await self.bot.store.get(job)
+            if target is None or not may_manage(interaction, target):
+                # Someone else's job looks the same as no job, unless you moderate its server.
+                await self._reply(interaction, f"You have no job `{embeds.shorten(job, 40)}`.")
+                return
+        try:
+            cancelled = await self.bot.dispatcher.cancel(target.id)
+        except (NotCancellable, JobNotFound) as problem:
+            await self._reply(interaction, str(problem))
+            return
+        await self._reply(interaction, f"Cancelled `{cancelled.id}`.")
+
+    @cancel.autocomplete("job")
+    async def _cancel_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        active = await self.bot.store.active_jobs(interaction.user.id)
+        return self._choices(active, current)
+
+    # -- /show --
+
+    @app_commands.command(name="show", description="Post a finished job's image again, with fresh buttons")
+    @app_commands.guild_only()
+    @app_commands.describe(job="The job id (see /history)")
+    async def show(self, interaction: discord.Interaction, job: str) -> None:
+        found = await self.bot.store.get(job)
+        if found is None or (found.user_id != interaction.user.id and found.guild_id != interaction.guild_id):
+            await self._reply(interaction, f"There is no job `{embeds.shorten(job, 40)}` here.")
+            return
+        if found.state != "done":
+            await self._reply(interaction, self._status_sentence(found))
+            return
+        if not self.bot.files.exists(found.png_path):
+            await self._reply(interaction, f"The image of `{found.id}` was deleted.")
+            return
+        # Reading and uploading the file can take a moment; the thinking state keeps the interaction alive.
+        await interaction.response.defer(thinking=True)
+        png = await asyncio.to_thread(self.bot.files.read, found.png_path)  # type: ignore[arg-type]
+        name = embeds.result_filename(found)
+        await interaction.followup.send(
+            embeds.done_text(found),
+            embed=embeds.result_embed(found, attachment_name=name),
+            file=discord.File(io.BytesIO(png), filename=name),
+            view=result_view(found),
+            allowed_mentions=NO_MENTIONS,
+        )
+
+    @show.autocomplete("job")
+    async def _show_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        recent = await self.bot.store.recent_jobs(interaction.user.id, limit=_AUTOCOMPLETE_CHOICES)
+        return self._choices([j for j in recent if j.state == "done"], current)
+
+    def _status_sentence(self, job: Job) -> str:
+        if job.state == "queued":
+            position = self.bot.dispatcher.position(job.id)
+            where = f" at position {position}" if position else ""
+            return f"Job `{job.id}` is still waiting{where}."
+        if job.state == "running":
+            step, total = self.bot.dispatcher.in_flight_progress().get(job.id, (job.progress_step, job.steps))
+            return f"Job `{job.id}` is generating ({int(100 * step / total) if total else 0}%)."
+        if job.state == "failed":
+            return f"Job `{job.id}` failed: {job.error or 'no reason recorded'}"
+        return f"Job `{job.id}` was cancelled."
+
+    # -- /history --
+
+    @app_commands.command(name="history", description="Your recent jobs")
+    @app_commands.guild_only()
+    async def history(self, interaction: discord.Interaction) -> None:
+        jobs = await self.bot.store.recent_jobs(interaction.user.id, limit=HISTORY_LENGTH)
+        await interaction.response.send_message(
+            embed=embeds.history_embed(jobs), ephemeral=True, allowed_mentions=NO_MENTIONS
+        )
+
+    # -- helpers --
+
+    @staticmethod
+    def _choices(jobs: list[Job], current: str) -> list[app_commands.Choice[str]]:
+        typed = current.strip().lstrip("#").lower()
+        choices = []
+        for job in jobs:
+            if typed and typed not in job.id:
+                continue
+            label = embeds.shorten(f"{job.id} · {job.state} · {job.prompt}", 100)
+            choices.append(app_commands.Choice(name=label, value=job.id))
+            if len(choices) == _AUTOCOMPLETE_CHOICES:
+                break
+        return choices
+
+    @staticmethod
+    async def _reply(interaction: discord.Interaction, text: str) -> None:
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)

@@ -1,0 +1,504 @@
+"""Feeds the generation worker from the fair queue and turns its events into store updates and messages.
+
+The store is the source of truth; the FairQueue is an index over its 'queued' rows. Up to `max_in_flight` jobs
+(the worker's batch size) are handed to the worker at once, so it can batch them. Every job the worker gives
+back unfinished (it stopped, or the bot is shutting down) goes back to the front of the queue.
+
+No discord imports here: progress reaches Discord through the `ProgressSink` the bot passes in, so the
+dispatcher can be driven by tests and benchmarks without a Discord connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bot.fair_queue import FairQueue, JobRef, UserCaps, estimate_wait
+from bot.files import ResultFiles
+from bot.store import IllegalTransition, Job, JobKind, JobNotFound, JobStore
+from generator.protocol import (
+    DreamSpec,
+    JobCancelled,
+    JobEvent,
+    JobFailed,
+    JobInterrupted,
+    JobProgress,
+    JobRequest,
+    JobRestarted,
+    JobResult,
+)
+
+log = logging.getLogger(__name__)
+
+BACKEND_RETRY_SECONDS = (5.0, 15.0, 60.0, 300.0)
+
+
+class GenerationBackend(Protocol):
+    """What the dispatcher needs from `generator.client.GenerationClient` (or a simulated stand-in)."""
+
+    async def start(self) -> None: ...
+
+    def submit(self, request: JobRequest) -> AsyncIterator[JobEvent]:
+        """Events for one job, ending after a final one (JobResult/JobFailed/JobCancelled/JobInterrupted)."""
+        ...
+
+    async def cancel(self, job_id: str) -> None: ...
+
+    async def stop(self, timeout: float) -> None:
+        """Stop the worker; jobs still running end with JobInterrupted."""
+        ...
+
+
+class ProgressSink(Protocol):
+    """Where the dispatcher reports what happens to each job (the Discord messages, in the bot)."""
+
+    def waiting(self, job: Job, note: str = "") -> None: ...
+
+    def running(self, job: Job, step: int, total: int, snapshot_png: bytes | None) -> None: ...
+
+    def done(self, job: Job, png: bytes) -> None: ...
+
+    def failed(self, job: Job, reason: str) -> None: ...
+
+    def cancelled(self, job: Job) -> None: ...
+
+
+class SilentProgress:
+    """A ProgressSink that shows nothing (tests, tools)."""
+
+    def waiting(self, job: Job, note: str = "") -> None:
+        pass
+
+    def running(self, job: Job, step: int, total: int, snapshot_png: bytes | None) -> None:
+        pass
+
+    def done(self, job: Job, png: bytes) -> None:
+        pass
+
+    def failed(self, job: Job, reason: str) -> None:
+        pass
+
+    def cancelled(self, job: Job) -> None:
+        pass
+
+
+class QueueFull(Exception):
+    """The user is at their waiting cap; the message is a sentence for them."""
+
+
+class NotCancellable(Exception):
+    """The job already finished; the message is a sentence for the user."""
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    max_in_flight: int = 4
+    caps: UserCaps = field(default_factory=UserCaps)
+    snapshots_per_job: int = 10
+    timelapse: bool = False
+    stop_timeout: float = 20.0
+    max_attempts: int = 3
+    eta_history: int = 20
+    default_job_seconds: float = 120.0
+
+
+@dataclass
+class _InFlight:
+    ref: JobRef
+    task: asyncio.Task[None] | None = None
+    cancel_requested: bool = False
+    step: int = 0
+    total: int = 0
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        queue: FairQueue,
+        backend: GenerationBackend,
+        files: ResultFiles,
+        backend_factory: Callable[[], GenerationBackend] | None = None,
+        progress: ProgressSink | None = None,
+        settings: DispatchSettings | None = None,
+        recent_durations: list[float] | None = None,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.backend = backend
+        # Makes a fresh backend when the current one cannot be (re)started; the real client starts only once.
+        self._backend_factory = backend_factory
+        self.files = files
+        self.progress: ProgressSink = progress or SilentProgress()
+        self.settings = settings or DispatchSettings()
+        self._in_flight: dict[str, _InFlight] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._stop_requested = asyncio.Event()
+        self._backend_ready = False
+        self._main_task: asyncio.Task[None] | None = None
+        self._replacing: asyncio.Task[None] | None = None
+        self._handed_back: list[JobRef] = []
+        # Weak, so a user's lock lives only while some command of theirs holds it.
+        self._user_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
+        # Newest first, like JobStore.recent_durations.
+        self._durations: deque[float] = deque(recent_durations or (), maxlen=self.settings.eta_history)
+
+    # -- lifecycle --
+
+    def start(self) -> None:
+        """Start the worker and the dispatch loop in the background (the worker may take minutes to load)."""
+        if self._main_task is None:
+            self._main_task = asyncio.create_task(self._main(), name="bigsleep-dispatcher")
+
+    async def stop(self) -> None:
+        """Hand running jobs back to the queue (store and memory) and stop the worker."""
+        self._stopping = True
+        self._stop_requested.set()
+        self._wake.set()
+        if self._replacing is not None:
+            await asyncio.gather(self._replacing, return_exceptions=True)
+        if self._main_task is not None:
+            # Also stops a worker that is still loading its models.
+            try:
+                await self.backend.stop(self.settings.stop_timeout)
+            except Exception:
+                log.exception("the generation worker did not stop cleanly")
+        tasks = [flight.task for flight in self._in_flight.values() if flight.task is not None]
+        if tasks:
+            # The worker's JobInterrupted events hand the jobs back; a job whose stream never ends is left
+            # 'running' in the store, which recover_after_restart handles on the next start.
+            _, pending = await asyncio.wait(tasks, timeout=self.settings.stop_timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        # Each re-queue goes to the very front, so the job that started last is queued again first and
+        # the earliest one ends up ahead of it.
+        for ref in sorted(self._handed_back, key=lambda ref: ref.seq, reverse=True):
+            await self._give_back(ref.job_id)
+        self._handed_back.clear()
+        if self._main_task is not None:
+            self._main_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._main_task
+
+    @property
+    def backend_ready(self) -> bool:
+        return self._backend_ready
+
+    async def _main(self) -> None:
+        while not self._stopping:
+            if not self._backend_ready:
+                await self._start_backend()
+                continue
+            self._dispatch_ready_jobs()
+            await self._wake.wait()
+            self._wake.clear()
+
+    async def _start_backend(self) -> None:
+        """Start the worker, retrying with growing pauses; jobs stay queued meanwhile, none is failed."""
+        attempt = 0
+        while not self._stopping:
+            try:
+                await self.backend.start()
+            except Exception:
+                if self._stopping:
+                    return
+                delay = BACKEND_RETRY_SECONDS[min(attempt, len(BACKEND_RETRY_SECONDS) - 1)]
+                log.exception("the generation worker failed to start; trying again in %.0f s", delay)
+                attempt += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop_requested.wait(), delay)
+                if self._backend_factory is not None:
+                    self.backend = self._backend_factory()
+                continue
+            self._backend_ready = True
+            log.info("generation worker ready")
+            return
+
+    def _backend_gave_up(self) -> bool:
+        """True when the worker client stopped trying (its health says 'failed'): its JobFailed events then
+        say nothing about the job, so the job is queued again instead of being failed."""
+        health = getattr(self.backend, "health", None)
+        if health is None:
+            return False
+        try:
+            return getattr(health(), "state", None) == "failed"
+        except Exception:
+            return False
+
+    def _restart_backend_later(self) -> None:
+        if not self._backend_ready or self._stopping:
+            return
+        self._backend_ready = False
+        old = self.backend
+        log.error("the generation worker gave up; jobs stay queued until a new one starts")
+
+        async def replace() -> None:
+            with contextlib.suppress(Exception):
+                await old.stop(self.settings.stop_timeout)
+            if self._backend_factory is not None:
+                self.backend = self._backend_factory()
+            self._wake.set()
+
+        self._replacing = asyncio.create_task(replace(), name="bigsleep-backend-restart")
+
+    def _dispatch_ready_jobs(self) -> None:
+        while not self._stopping and len(self._in_flight) < self.settings.max_in_flight:
+            ref = self.queue.pop_next(lambda user: self.queue.can_start(user, self.settings.caps))
+            if ref is None:
+                return
+            flight = _InFlight(ref=ref)
+            self._in_flight[ref.job_id] = flight
+            flight.task = asyncio.create_task(self._run_job(flight), name=f"bigsleep-job-{ref.job_id}")
+
+    # -- queueing --
+
+    def _lock_for(self, user_id: int) -> asyncio.Lock:
+        lock = self._user_locks.get(user_id)
+        if lock is None:
+            lock = self._user_locks[user_id] = asyncio.Lock()
+        return lock
+
+    async def enqueue(
+        self,
+        *,
+        guild_id: int,
+        channel_id: int,
+        user_id: int,
+        spec: DreamSpec,
+        user_name: str = "",
+        kind: JobKind = "imagine",
+        parent_job_id: str | None = None,
+        init_latents_path: str | None = None,
+    ) -> Job:
+        """Store and queue a job, or raise QueueFull. The user's lock makes admit -> create -> push atomic."""
+        lock = self._lock_for(user_id)
+        async with lock:
+            admission = self.queue.admit(user_id, self.settings.caps)
+            if not admission:
+                raise QueueFull(admission.reason)
+            job = await self.store.create_job(
+                guild_id=guild_id,
+                channel_id=channel_id,
+                user_id=user_id,
+                user_name=user_name,
+                spec=spec,
+                kind=kind,
+                parent_job_id=parent_job_id,
+                init_latents_path=init_latents_path,
+            )
+            self.queue.push(JobRef.of(job))
+        self._wake.set()
+        return job
+
+    def position(self, job_id: str) -> int | None:
+        return self.queue.position(job_id)
+
+    def estimate_wait(self, position: int) -> float:
+        return estimate_wait(
+            position,
+            list(self._durations),
+            slots=self.settings.max_in_flight,
+            busy_slots=len(self._in_flight),
+            default_duration=self.settings.default_job_seconds,
+        )
+
+    def in_flight_progress(self) -> dict[str, tuple[int, int]]:
+        return {job_id: (flight.step, flight.total) for job_id, flight in self._in_flight.items()}
+
+    # -- cancelling --
+
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel a queued or running job; raise NotCancellable if it already finished, JobNotFound if unknown."""
+        job = await self.store.require(job_id)
+        if self.queue.remove(job.id) is not None:
+            job = await self._mark_cancelled(job.id)
+            self.progress.cancelled(job)
+            return job
+        flight = self._in_flight.get(job.id)
+        if flight is not None:
+            flight.cancel_requested = True
+            job = await self._mark_cancelled(job.id)
+            self.progress.cancelled(job)
+            # Its worker slot stays taken until the worker confirms; the final event frees it.
+            if self._backend_ready:
+                try:
+                    await self.backend.cancel(job.id)
+                except Exception:
+                    log.exception("could not ask the worker to cancel job %s", job.id)
+            return job
+        raise NotCancellable(f"Job `{job.id}` is already {job.state}.")
+
+    async def _mark_cancelled(self, job_id: str) -> Job:
+        try:
+            return await self.store.mark_cancelled(job_id)
+        except IllegalTransition as error:
+            raise NotCancellable(f"Job `{job_id}` is already {error.current}.") from None
+
+    # -- running one job --
+
+    async def _run_job(self, flight: _InFlight) -> None:
+        job_id = flight.ref.job_id
+        try:
+            if flight.cancel_requested:
+                return
+            try:
+                job = await self.store.mark_running(job_id)
+            except (IllegalTransition, JobNotFound):
+                return  # cancelled (or removed) between the pop and now
+            try:
+                request = await self._request_for(job)
+            except FileNotFoundError:
+                await self._fail(job, "The image this variation starts from was deleted.")
+                return
+            flight.total = job.steps
+            self.progress.running(job, 0, job.steps, None)
+            await self._follow(job, flight, request)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("job %s: unexpected error while running it", job_id)
+            await self._give_back_or_fail(job_id, "The generator stopped unexpectedly.")
+        finally:
+            self._in_flight.pop(job_id, None)
+            self.queue.finish(job_id)
+            self._wake.set()
+
+    async def _request_for(self, job: Job) -> JobRequest:
+        init_latents = None
+        if job.init_latents_path is not None:
+            init_latents = await asyncio.to_thread(self.files.read, job.init_latents_path)
+        snapshot_every = 0
+        if self.settings.snapshots_per_job > 0:
+            snapshot_every = max(1, math.ceil(job.steps / self.settings.snapshots_per_job))
+        spec = job.spec(init_latents=init_latents, snapshot_every=snapshot_every)
+        return JobRequest(job_id=job.id, spec=spec, timelapse=self.settings.timelapse)
+
+    async def _follow(self, job: Job, flight: _InFlight, request: JobRequest) -> None:
+        async for event in self.backend.submit(request):
+            if isinstance(event, JobRestarted):
+                # The worker process died and the job starts over from step 0 in a new one.
+                log.warning("job %s restarted in a new generation process: %s", job.id, event.reason)
+                flight.step = 0
+                if not flight.cancel_requested:
+                    self.progress.running(job, 0, job.steps, None)
+            elif isinstance(event, JobProgress):
+                flight.step, flight.total = event.step, event.total
+                if not flight.cancel_requested:
+                    self.progress.running(job, event.step, event.total, event.snapshot_png)
+            elif isinstance(event, JobResult):
+                await self._finish_done(job, flight, event)
+                return
+            elif isinstance(event, JobFailed):
+                if flight.cancel_requested:
+                    return
+                if self._backend_gave_up():
+                    await self._give_back(job.id)
+                    self._restart_backend_later()
+                else:
+                    await self._fail(job, event.reason)
+                return
+            elif isinstance(event, JobCancelled):
+                if not flight.cancel_requested:
+                    # Cancelled by someone other than us (an operator on the worker): record it.
+                    with contextlib.suppress(IllegalTransition):
+                        self.progress.cancelled(await self.store.mark_cancelled(job.id))
+                return
+            elif isinstance(event, JobInterrupted):
+                if not flight.cancel_requested:
+                    await self._give_back_or_fail(job.id, "The generator kept stopping while running this job.")
+                return
+        # The stream ended without a final event: the worker went away.
+        if not flight.cancel_requested:
+            await self._give_back_or_fail(job.id, "The generator stopped unexpectedly.")
+
+    async def _finish_done(self, job: Job, flight: _InFlight, result: JobResult) -> None:
+        if flight.cancel_requested:
+            return
+        saved = await asyncio.to_thread(
+            self.files.save_result, job.id, result.png, result.latents_npz, result.timelapse_gif
+        )
+        wall_seconds = max(result.wall_seconds, 0.0)
+        try:
+            done = await self.store.mark_done(
+                job.id,
+                png_path=saved.png_path,
+                latents_path=saved.latents_path,
+                timelapse_path=saved.timelapse_path,
+                wall_seconds=wall_seconds,
+            )
+        except IllegalTransition:
+            return  # cancelled while the result was on its way
+        self._durations.appendleft(wall_seconds)
+        self.progress.done(done, result.png)
+
+    async def _fail(self, job: Job, reason: str) -> None:
+        try:
+            failed = await self.store.mark_failed(job.id, reason)
+        except IllegalTransition:
+            return
+        self.progress.failed(failed, reason)
+
+    async def _give_back_or_fail(self, job_id: str, reason: str) -> None:
+        """The worker stopped before finishing: queue the job again at the front, unless it keeps crashing."""
+        try:
+            job = await self.store.require(job_id)
+        except JobNotFound:
+            return
+        if job.state != "running":
+            return
+        if self._stopping:
+            # Queued again all together once every job is back, so they keep their order (see stop()).
+            self._handed_back.append(JobRef.of(job))
+            return
+        if job.attempts >= self.settings.max_attempts:
+            await self._fail(job, reason)
+            return
+        await self._give_back(job_id)
+
+    async def _give_back(self, job_id: str) -> None:
+        try:
+            requeued = await self.store.requeue(job_id)
+        except (IllegalTransition, JobNotFound):
+            return
+        self.queue.requeue(JobRef.of(requeued))
+        if not self._stopping:
+            self.progress.waiting(requeued, " again: the generator restarted")
+        self._wake.set()
+
+
+def settings_from(bot_settings: object) -> DispatchSettings:
+    """DispatchSettings from a `bot.settings.BotSettings` (kept loose so this module needs no pydantic)."""
+    worker = bot_settings.worker  # type: ignore[attr-defined]
+    queue = bot_settings.queue  # type: ignore[attr-defined]
+    return DispatchSettings(
+        max_in_flight=worker.max_batch_size,
+        caps=UserCaps(running=queue.max_running_per_user, queued=queue.max_queued_per_user),
+        snapshots_per_job=worker.snapshots_per_job,
+        timelapse=worker.timelapse,
+        stop_timeout=worker.stop_timeout_seconds,
+        max_attempts=worker.max_attempts,
+        eta_history=queue.eta_history,
+        default_job_seconds=queue.default_job_seconds,
+    )
+
+
+__all__ = [
+    "DispatchSettings",
+    "Dispatcher",
+    "GenerationBackend",
+    "NotCancellable",
+    "ProgressSink",
+    "QueueFull",
+    "SilentProgress",
+    "settings_from",
+]

@@ -1,0 +1,171 @@
+"""Texts and embeds the bot shows. Everything that quotes user text is escaped and length-capped here, and
+sent with `NO_MENTIONS` (a prompt must never ping @everyone or anyone else)."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+
+import discord
+
+from bot.fair_queue import describe_wait
+from bot.store import Job
+
+NO_MENTIONS = discord.AllowedMentions.none()
+
+# Discord's limits: message content 2000, embed title 256, field value 1024, description 4096.
+_PROMPT_IN_CONTENT = 1200
+_EMBED_TITLE = 256
+_FIELD_VALUE = 1024
+
+STATE_WORDS = {
+    "queued": "waiting",
+    "running": "generating",
+    "done": "done",
+    "failed": "failed",
+    "cancelled": "cancelled",
+}
+
+
+def shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def quoted_prompt(text: str, limit: int = _PROMPT_IN_CONTENT) -> str:
+    """User text made inert for Markdown (so `**` or `@everyone` show as typed) and capped."""
+    escaped = discord.utils.escape_mentions(discord.utils.escape_markdown(text))
+    return shorten(escaped, limit)
+
+
+def job_heading(job: Job) -> str:
+    return f"**{quoted_prompt(job.prompt)}** - <@{job.user_id}>"
+
+
+def waiting_text(job: Job, note: str = "") -> str:
+    return f"{job_heading(job)} (Waiting to start{note})"
+
+
+def progress_text(job: Job, step: int, total: int) -> str:
+    percent = int(100 * step / total) if total else 0
+    return f"{job_heading(job)} ({percent}%) step {step}/{total}"
+
+
+def done_text(job: Job) -> str:
+    return job_heading(job)
+
+
+def failed_text(job: Job, reason: str) -> str:
+    return f"{job_heading(job)} (Failed: {shorten(discord.utils.escape_markdown(reason), 400)})"
+
+
+def cancelled_text(job: Job) -> str:
+    return f"{job_heading(job)} (Cancelled)"
+
+
+def result_filename(job: Job) -> str:
+    return f"{job.id}.png"
+
+
+def snapshot_filename(job: Job) -> str:
+    return f"{job.id}-progress.png"
+
+
+def describe_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 90:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs:02d} s"
+
+
+def result_embed(job: Job, *, attachment_name: str | None = None) -> discord.Embed:
+    """The card under a finished image: what made it, so anyone can reproduce or reroll it."""
+    embed = discord.Embed(
+        title=shorten(job.prompt, _EMBED_TITLE),
+        colour=discord.Colour.dark_teal(),
+        timestamp=_utc(job.finished_at),
+    )
+    if job.negative:
+        embed.add_field(name="Avoiding", value=shorten(job.negative, _FIELD_VALUE), inline=False)
+    embed.add_field(name="Seed", value=str(job.seed))
+    embed.add_field(name="Steps", value=str(job.steps))
+    embed.add_field(name="Size", value=f"{job.size} px")
+    embed.add_field(name="Time", value=describe_seconds(job.wall_seconds))
+    embed.add_field(name="Asked by", value=f"<@{job.user_id}>")
+    origin = f"`{job.id}`"
+    if job.kind == "reroll" and job.parent_job_id:
+        origin += f" (reroll of `{job.parent_job_id}`)"
+    elif job.kind == "variation" and job.parent_job_id:
+        origin += f" (variation of `{job.parent_job_id}`)"
+    embed.add_field(name="Job", value=origin)
+    if attachment_name:
+        embed.set_image(url=f"attachment://{attachment_name}")
+    return embed
+
+
+def queued_reply(job: Job, position: int | None, eta_seconds: float | None, *, unreachable: bool = False) -> str:
+    place = f"position {position} in the queue" if position else "queued"
+    eta = f", starting in {describe_wait(eta_seconds)}" if eta_seconds is not None else ""
+    text = f"Queued `{job.id}`: {place}{eta}. I'll show progress in this channel."
+    if unreachable:
+        text = (
+            f"Queued `{job.id}`: {place}{eta}. I can't post in this channel, so fetch the result with "
+            f"`/show job:{job.id}` when it's done."
+        )
+    return text
+
+
+def queue_embed(
+    mine: Sequence[tuple[Job, int | None, float | None]],
+    *,
+    total_queued: int,
+    running: Sequence[Job],
+    progress: dict[str, tuple[int, int]],
+) -> discord.Embed:
+    """/queue: the caller's jobs with positions, then what the generator is doing for everyone."""
+    embed = discord.Embed(title="Queue", colour=discord.Colour.blurple())
+    if mine:
+        lines = []
+        for job, position, eta in mine:
+            if job.state == "running":
+                step, total = progress.get(job.id, (job.progress_step, job.steps))
+                where = f"generating, {int(100 * step / total) if total else 0}%"
+            elif position is not None:
+                where = f"position {position}" + (f", {describe_wait(eta)}" if eta is not None else "")
+            else:
+                where = STATE_WORDS.get(job.state, job.state)
+            lines.append(f"`{job.id}` {where} - {quoted_prompt(job.prompt, 80)}")
+        embed.add_field(name="Your jobs", value=shorten("\n".join(lines), _FIELD_VALUE), inline=False)
+    else:
+        embed.add_field(name="Your jobs", value="None. Start one with /imagine.", inline=False)
+    embed.add_field(name="Waiting (everyone)", value=str(total_queued))
+    embed.add_field(name="Generating (everyone)", value=str(len(running)))
+    if running:
+        now_lines = []
+        for job in running:
+            step, total = progress.get(job.id, (job.progress_step, job.steps))
+            now_lines.append(f"`{job.id}` {int(100 * step / total) if total else 0}% for <@{job.user_id}>")
+        embed.add_field(name="Now", value=shorten("\n".join(now_lines), _FIELD_VALUE), inline=False)
+    return embed
+
+
+def history_embed(jobs: Sequence[Job]) -> discord.Embed:
+    embed = discord.Embed(title="Your recent jobs", colour=discord.Colour.blurple())
+    if not jobs:
+        embed.description = "No jobs yet. Start one with /imagine."
+        return embed
+    lines = []
+    for job in jobs:
+        when = f"<t:{int(job.created_at)}:R>"
+        link = ""
+        if job.progress_message_id:
+            link = f" [message](https://discord.com/channels/{job.guild_id}/{job.channel_id}/{job.progress_message_id})"
+        lines.append(f"`{job.id}` {STATE_WORDS.get(job.state, job.state)} {when}{link} - {quoted_prompt(job.prompt, 100)}")
+    embed.description = shorten("\n".join(lines), 4000)
+    embed.set_footer(text="/show job:<id> posts a finished image again.")
+    return embed
+
+
+def _utc(timestamp: float | None) -> datetime.datetime | None:
+    return None if timestamp is None else datetime.datetime.fromtimestamp(timestamp, datetime.UTC)

@@ -1,0 +1,91 @@
+"""Queueing a job in answer to an interaction (/imagine, Reroll, Variations), within Discord's 3 seconds.
+
+The answer carries the queue position and an ETA, so it needs the job stored first. That normally takes
+milliseconds; if the database is slow, the interaction is deferred before the deadline and the answer follows.
+After the answer, the job's own channel message ("(Waiting to start)") is posted in the background: the
+interaction token is never used for the job after this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import discord
+
+from bot.dispatcher import QueueFull
+from bot.embeds import NO_MENTIONS, queued_reply
+from bot.store import Job, JobKind
+from generator.protocol import DreamSpec
+
+if TYPE_CHECKING:
+    from bot.app import BigSleepBot
+
+log = logging.getLogger(__name__)
+
+# Discord allows 3 s for the first response; keep a margin for the response's own round trip.
+ACKNOWLEDGE_WITHIN_SECONDS = 2.0
+
+
+def bot_can_post(interaction: discord.Interaction) -> bool:
+    permissions = interaction.app_permissions
+    return bool(permissions.view_channel and permissions.send_messages and permissions.attach_files
+                and permissions.embed_links)
+
+
+async def queue_from_interaction(
+    interaction: discord.Interaction,
+    spec: DreamSpec,
+    *,
+    kind: JobKind = "imagine",
+    parent_job_id: str | None = None,
+    init_latents_path: str | None = None,
+) -> Job | None:
+    """Store and queue a job for the interaction's user and channel, then answer with position and ETA.
+    Returns the job, or None when the user's queue was full (they were told why)."""
+    bot: BigSleepBot = interaction.client  # type: ignore[assignment]
+    assert interaction.guild_id is not None and interaction.channel_id is not None
+
+    async def store_and_queue() -> tuple[Job, int | None, float | None]:
+        job = await bot.dispatcher.enqueue(
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id,
+            user_id=interaction.user.id,
+            user_name=interaction.user.display_name,
+            spec=spec,
+            kind=kind,
+            parent_job_id=parent_job_id,
+            init_latents_path=init_latents_path,
+        )
+        position = bot.dispatcher.position(job.id)
+        eta = bot.dispatcher.estimate_wait(position) if position is not None else None
+        return job, position, eta
+
+    work = asyncio.ensure_future(store_and_queue())
+    deferred = False
+    try:
+        try:
+            job, position, eta = await asyncio.wait_for(asyncio.shield(work), ACKNOWLEDGE_WITHIN_SECONDS)
+        except TimeoutError:
+            log.warning("queueing took over %.1f s; deferring the interaction", ACKNOWLEDGE_WITHIN_SECONDS)
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            deferred = True
+            job, position, eta = await work
+    except QueueFull as full:
+        await _answer(interaction, str(full), deferred)
+        return None
+
+    reachable = bot_can_post(interaction)
+    if not reachable:
+        bot.progress.mark_unreachable(job.channel_id)
+    await _answer(interaction, queued_reply(job, position, eta, unreachable=not reachable), deferred)
+    bot.progress.announce(job)
+    return job
+
+
+async def _answer(interaction: discord.Interaction, text: str, deferred: bool) -> None:
+    if deferred:
+        await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+    else:
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)

@@ -1,0 +1,284 @@
+"""Each job's own channel message: "(Waiting to start)", then percent, step and the latest snapshot, then the
+final image with its embed and buttons.
+
+The message is an ordinary bot-owned channel message (its id is kept in the store), never the interaction's,
+whose token dies after 15 minutes. Changes are paced twice with asyncio-throttle: at most one change per
+message every `edit_interval_seconds`, and a budget per channel shared by every job there. Updates that arrive
+while a change waits are merged: only the latest state goes out (its snapshot, or the last one sent).
+
+Discord's refusals are part of the job's life, not errors: a deleted message (10008, or 30046 for too many
+edits of an old one) gets a new message; a channel the bot cannot use (403: 50001/50013; 10003 deleted) is
+left alone for a while, and the job carries on; its owner can fetch the result with /show.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import discord
+from asyncio_throttle import Throttler
+
+from bot import embeds
+from bot.embeds import NO_MENTIONS
+from bot.store import Job, JobStore
+from bot.views import active_view, result_view
+
+if TYPE_CHECKING:
+    from bot.settings import ProgressSettings
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_MESSAGE = 10008
+UNKNOWN_CHANNEL = 10003
+MISSING_ACCESS = 50001
+MISSING_PERMISSIONS = 50013
+OLD_MESSAGE_EDIT_LIMIT = 30046
+_RECENTLY_ENDED_KEPT = 10_000
+
+
+class _SpacedThrottler(Throttler):
+    """asyncio-throttle's window, counted from when each change *finished*: a slow or retried request (a 429)
+    must not let the next change of the same message follow it sooner than the period."""
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        # Throttler keeps the times of recent acquisitions in _task_logs (asyncio-throttle 1.0.2, pinned).
+        if self._task_logs:
+            self._task_logs[-1] = time.monotonic()
+
+    def stamp(self) -> None:
+        """Count a change made elsewhere (an earlier process) as if it had just happened."""
+        self._task_logs.append(time.monotonic())
+
+
+@dataclass
+class Render:
+    """What a job's message should look like. `file` replaces the attachments; `clear_files` removes them;
+    neither keeps what the message has."""
+
+    content: str
+    embed: discord.Embed | None = None
+    file: tuple[str, bytes] | None = None
+    clear_files: bool = False
+    view: discord.ui.View | None = None
+    final: bool = False
+    # For a result that cannot be posted: tell the owner by DM.
+    notify_owner_if_unreachable: bool = False
+
+    def merged_over(self, older: Render | None) -> Render:
+        """This render, keeping the older pending one's picture when this one brings none."""
+        if older is not None and self.file is None and not self.clear_files and older.file is not None:
+            self.file = older.file
+        return self
+
+    def message_kwargs(self, *, editing: bool) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"content": self.content, "allowed_mentions": NO_MENTIONS, "view": self.view}
+        if editing or self.embed is not None:
+            kwargs["embed"] = self.embed
+        if self.file is not None:
+            name, data = self.file
+            upload = discord.File(io.BytesIO(data), filename=name)
+            if editing:
+                kwargs["attachments"] = [upload]
+            else:
+                kwargs["file"] = upload
+        elif self.clear_files and editing:
+            kwargs["attachments"] = []
+        if not editing and self.view is None:
+            del kwargs["view"]
+        return kwargs
+
+
+@dataclass
+class _Tracker:
+    job: Job
+    message_id: int | None
+    pacer: _SpacedThrottler
+    pending: Render | None = None
+    task: asyncio.Task[None] | None = None
+    finalised: bool = False
+
+
+class ProgressMessages:
+    """The bot's ProgressSink (see bot.dispatcher): every method returns at once; Discord calls run behind."""
+
+    def __init__(self, client: discord.Client, store: JobStore, settings: ProgressSettings) -> None:
+        self.client = client
+        self.store = store
+        self.settings = settings
+        self._trackers: dict[str, _Tracker] = {}
+        # Jobs whose ending was shown lately: a late announce() must not post "(Waiting to start)" after it.
+        self._recently_ended: OrderedDict[str, None] = OrderedDict()
+        self._channel_budgets: dict[int, Throttler] = {}
+        self._unreachable_until: dict[int, float] = {}
+        self._closing = False
+        poll = max(0.005, min(0.05, settings.edit_interval_seconds / 20))
+        self._poll_interval = poll
+
+    # -- the ProgressSink interface --
+
+    def announce(self, job: Job) -> None:
+        """Post a new job's "(Waiting to start)" message, unless the job already moved on (it may start before
+        the command's answer is even sent; then its progress message is the first one)."""
+        if job.id not in self._trackers and job.id not in self._recently_ended:
+            self.waiting(job)
+
+    def waiting(self, job: Job, note: str = "") -> None:
+        self._set(job, Render(embeds.waiting_text(job, note), clear_files=True, view=active_view(job)))
+
+    def running(self, job: Job, step: int, total: int, snapshot_png: bytes | None) -> None:
+        file = (embeds.snapshot_filename(job), snapshot_png) if snapshot_png else None
+        self._set(job, Render(embeds.progress_text(job, step, total), file=file, view=active_view(job)))
+
+    def done(self, job: Job, png: bytes) -> None:
+        self._set(
+            job,
+            Render(
+                embeds.done_text(job),
+                embed=embeds.result_embed(job, attachment_name=embeds.result_filename(job)),
+                file=(embeds.result_filename(job), png),
+                view=result_view(job),
+                final=True,
+                notify_owner_if_unreachable=True,
+            ),
+        )
+
+    def failed(self, job: Job, reason: str) -> None:
+        self._set(job, Render(embeds.failed_text(job, reason), clear_files=True, final=True))
+
+    def cancelled(self, job: Job) -> None:
+        self._set(job, Render(embeds.cancelled_text(job), clear_files=True, final=True))
+
+    # -- channels --
+
+    def mark_unreachable(self, channel_id: int) -> None:
+        self._unreachable_until[channel_id] = time.monotonic() + self.settings.unreachable_retry_seconds
+
+    def is_unreachable(self, channel_id: int) -> bool:
+        until = self._unreachable_until.get(channel_id)
+        if until is None:
+            return False
+        if time.monotonic() >= until:
+            del self._unreachable_until[channel_id]
+            return False
+        return True
+
+    # -- lifecycle --
+
+    async def close(self) -> None:
+        """Stop every pending change. An ending not shown yet is shown by the next start (see final_shown)."""
+        self._closing = True
+        tasks = [t.task for t in self._trackers.values() if t.task is not None and not t.task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def idle(self) -> None:
+        """For tests and tools: until every change asked for so far reached Discord (or was dropped)."""
+        while True:
+            busy = [t.task for t in self._trackers.values() if t.task is not None and not t.task.done()]
+            if not busy:
+                return
+            await asyncio.wait(busy)
+
+    # -- internals --
+
+    def _set(self, job: Job, render: Render) -> None:
+        tracker = self._trackers.get(job.id)
+        if tracker is None:
+            pacer = _SpacedThrottler(1, self.settings.edit_interval_seconds, self._poll_interval)
+            if job.progress_message_id is not None:
+                # The message may have been changed by the previous process moments ago.
+                pacer.stamp()
+            tracker = self._trackers[job.id] = _Tracker(job=job, message_id=job.progress_message_id, pacer=pacer)
+        if tracker.finalised:
+            return
+        tracker.job = job
+        tracker.pending = render.merged_over(tracker.pending)
+        tracker.finalised = render.final
+        if render.final:
+            self._recently_ended[job.id] = None
+            if len(self._recently_ended) > _RECENTLY_ENDED_KEPT:
+                self._recently_ended.popitem(last=False)
+        if self._closing:
+            return
+        if tracker.task is None or tracker.task.done():
+            tracker.task = asyncio.create_task(self._deliver(tracker), name=f"bigsleep-progress-{job.id}")
+
+    def _budget(self, channel_id: int) -> Throttler:
+        budget = self._channel_budgets.get(channel_id)
+        if budget is None:
+            budget = self._channel_budgets[channel_id] = Throttler(
+                self.settings.channel_edits_per_window, self.settings.channel_window_seconds, self._poll_interval
+            )
+        return budget
+
+    async def _deliver(self, tracker: _Tracker) -> None:
+        try:
+            while tracker.pending is not None:
+                channel_id = tracker.job.channel_id
+                if self.is_unreachable(channel_id):
+                    render, tracker.pending = tracker.pending, None
+                    if render.final:
+                        await self._tell_owner_unreachable(tracker.job, render)
+                        await self.store.mark_final_shown(tracker.job.id)
+                    break
+                async with self._budget(channel_id), tracker.pacer:
+                    render, tracker.pending = tracker.pending, None
+                    if render is None:
+                        break
+                    settled = await self._apply(tracker, render)
+                if render.final and settled:
+                    await self.store.mark_final_shown(tracker.job.id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("job %s: could not update its message", tracker.job.id)
+        finally:
+            if tracker.finalised and tracker.pending is None:
+                self._trackers.pop(tracker.job.id, None)
+
+    async def _apply(self, tracker: _Tracker, render: Render) -> bool:
+        """Show the render; False when Discord refused it for a reason that may pass (try again on restart)."""
+        job = tracker.job
+        channel = self.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        try:
+            if tracker.message_id is not None:
+                try:
+                    await channel.get_partial_message(tracker.message_id).edit(**render.message_kwargs(editing=True))
+                    return True
+                except discord.HTTPException as error:
+                    if error.code not in (UNKNOWN_MESSAGE, OLD_MESSAGE_EDIT_LIMIT):
+                        raise
+                    log.info("job %s: its message %s is gone (%s); posting a new one", job.id, tracker.message_id, error.code)
+            message = await channel.send(**render.message_kwargs(editing=False))
+            tracker.message_id = message.id
+            await self.store.set_progress_message(job.id, message.id)
+            return True
+        except discord.HTTPException as error:
+            if isinstance(error, discord.Forbidden) or error.code in (UNKNOWN_CHANNEL, MISSING_ACCESS, MISSING_PERMISSIONS):
+                log.info("job %s: channel %s refuses the bot (%s); the job goes on", job.id, job.channel_id, error.code)
+                self.mark_unreachable(job.channel_id)
+                if render.final:
+                    await self._tell_owner_unreachable(job, render)
+                return True
+            log.warning("job %s: Discord refused a message change: %s", job.id, error)
+            return False
+
+    async def _tell_owner_unreachable(self, job: Job, render: Render) -> None:
+        if not (render.notify_owner_if_unreachable and self.settings.dm_when_unreachable):
+            return
+        text = (
+            f"Your image `{job.id}` is ready, but I can't post in <#{job.channel_id}>. "
+            f"Use `/show job:{job.id}` there (or in any channel) to see it."
+        )
+        try:
+            channel = await self.client.create_dm(discord.Object(job.user_id))
+            await channel.send(text, allowed_mentions=NO_MENTIONS)
+        except discord.HTTPException as error:
+            log.info("job %s: could not tell its owner by DM either (%s)", job.id, error.code)

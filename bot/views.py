@@ -1,0 +1,187 @@
+"""Buttons under job messages, as one discord.py DynamicItem: they keep working after a restart because the
+action and job id live in the custom_id (`bs:<action>:<job id>`), not in memory.
+
+Reroll and variations may be pressed by anyone who sees the image; the new job belongs to whoever pressed
+(their caps apply). Cancel and delete are for the job's owner and for moderators (Manage Server or Manage
+Messages in that channel); Discord shows buttons to everyone, so the check happens here.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot.dispatcher import NotCancellable
+from bot.embeds import NO_MENTIONS
+from bot.interactions import queue_from_interaction
+from bot.parsing import RANDOM_SEED_LIMIT
+from bot.store import Job, JobNotFound
+from generator.protocol import DreamSpec
+
+if TYPE_CHECKING:
+    from bot.app import BigSleepBot
+
+log = logging.getLogger(__name__)
+
+ACTIONS = ("reroll", "vary", "cancel", "delete")
+CUSTOM_ID_PREFIX = "bs"
+_TEMPLATE = re.compile(rf"{CUSTOM_ID_PREFIX}:(?P<action>{'|'.join(ACTIONS)}):(?P<job_id>[0-9a-z]{{1,32}})")
+
+_LOOKS = {
+    "reroll": ("Reroll", discord.ButtonStyle.primary, "🎲"),
+    "vary": ("Variations", discord.ButtonStyle.secondary, "🌀"),
+    "cancel": ("Cancel", discord.ButtonStyle.danger, None),
+    "delete": ("Delete", discord.ButtonStyle.danger, "🗑️"),
+}
+
+
+def custom_id(action: str, job_id: str) -> str:
+    return f"{CUSTOM_ID_PREFIX}:{action}:{job_id}"
+
+
+class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=_TEMPLATE):
+    def __init__(self, action: str, job_id: str) -> None:
+        if action not in ACTIONS:
+            raise ValueError(f"unknown button action {action!r}")
+        label, style, emoji = _LOOKS[action]
+        super().__init__(discord.ui.Button(label=label, style=style, emoji=emoji, custom_id=custom_id(action, job_id)))
+        self.action = action
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /) -> JobButton:
+        return cls(match["action"], match["job_id"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
+        bot: BigSleepBot = interaction.client  # type: ignore[assignment]
+        job = await bot.store.get(self.job_id)
+        if job is None:
+            await _reply(interaction, f"Job `{self.job_id}` no longer exists.")
+            return
+        handler = {
+            "reroll": _reroll,
+            "vary": _vary,
+            "cancel": _cancel,
+            "delete": _delete,
+        }[self.action]
+        await handler(bot, interaction, job)
+
+
+def job_view(job: Job, *actions: str) -> discord.ui.View:
+    """A timeout-free view holding only dynamic buttons (discord.py keeps no per-message state for it)."""
+    view = discord.ui.View(timeout=None)
+    for action in actions:
+        view.add_item(JobButton(action, job.id))
+    return view
+
+
+def active_view(job: Job) -> discord.ui.View:
+    return job_view(job, "cancel")
+
+
+def result_view(job: Job) -> discord.ui.View:
+    return job_view(job, "reroll", "vary", "delete")
+
+
+# ---- who may do what --------------------------------------------------------------------------------------
+
+
+def is_moderator(interaction: discord.Interaction) -> bool:
+    permissions = interaction.permissions
+    return bool(permissions.manage_guild or permissions.manage_messages or permissions.administrator)
+
+
+def may_manage(interaction: discord.Interaction, job: Job) -> bool:
+    """Owner anywhere; moderators only for jobs of their own server."""
+    if interaction.user.id == job.user_id:
+        return True
+    return interaction.guild_id == job.guild_id and is_moderator(interaction)
+
+
+async def _reply(interaction: discord.Interaction, text: str) -> None:
+    if interaction.response.is_done():
+        await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+    else:
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+
+# ---- actions ----------------------------------------------------------------------------------------------
+
+
+def _fresh_spec(job: Job, **changes: Any) -> DreamSpec:
+    """The job's settings without its starting latents (the store keeps only their path)."""
+    return DreamSpec(
+        prompt=job.prompt,
+        negative=job.negative,
+        seed=job.seed,
+        steps=job.steps,
+        size=job.size,
+        cutouts=job.cutouts,
+        learning_rate=job.learning_rate,
+        ema_decay=job.ema_decay,
+        max_classes=job.max_classes,
+    ).with_changes(**changes)
+
+
+def _new_seed() -> int:
+    return random.SystemRandom().randrange(RANDOM_SEED_LIMIT)
+
+
+async def _reroll(bot: BigSleepBot, interaction: discord.Interaction, job: Job) -> None:
+    steps = job.steps
+    if job.kind == "variation" and job.parent_job_id:
+        # A reroll of a variation is a fresh dream of the same prompt, at the full length of the original.
+        parent = await bot.store.get(job.parent_job_id)
+        steps = parent.steps if parent is not None else steps
+    spec = _fresh_spec(job, seed=_new_seed(), steps=steps)
+    await queue_from_interaction(interaction, spec, kind="reroll", parent_job_id=job.id)
+
+
+async def _vary(bot: BigSleepBot, interaction: discord.Interaction, job: Job) -> None:
+    if job.state != "done" or not job.latents_path or not bot.files.exists(job.latents_path):
+        await _reply(interaction, f"Job `{job.id}` has no finished image to vary any more.")
+        return
+    settings = bot.settings.variations
+    spec = _fresh_spec(
+        job,
+        seed=_new_seed(),
+        steps=max(1, round(job.steps * settings.steps_fraction)),
+        init_noise=settings.noise,
+    )
+    await queue_from_interaction(
+        interaction, spec, kind="variation", parent_job_id=job.id, init_latents_path=job.latents_path
+    )
+
+
+async def _cancel(bot: BigSleepBot, interaction: discord.Interaction, job: Job) -> None:
+    if not may_manage(interaction, job):
+        await _reply(interaction, "Only the person who asked for this image (or a moderator) can cancel it.")
+        return
+    try:
+        await bot.dispatcher.cancel(job.id)
+    except NotCancellable as error:
+        await _reply(interaction, str(error))
+        return
+    except JobNotFound:
+        await _reply(interaction, f"Job `{job.id}` no longer exists.")
+        return
+    await _reply(interaction, f"Cancelled `{job.id}`.")
+
+
+async def _delete(bot: BigSleepBot, interaction: discord.Interaction, job: Job) -> None:
+    if not may_manage(interaction, job):
+        await _reply(interaction, "Only the person who asked for this image (or a moderator) can delete it.")
+        return
+    await _reply(interaction, f"Deleted the image of `{job.id}`.")
+    await bot.store.delete_result(job.id, bot.files.data_dir)
+    if interaction.message is not None:
+        try:
+            await interaction.message.delete()
+        except discord.NotFound:
+            pass
+        except discord.HTTPException as error:
+            log.warning("job %s: could not delete its message: %s", job.id, error)
