@@ -8,7 +8,8 @@ process that is killed mid-message can never leave a half-written message or a h
 one. A reader thread per incarnation turns pipe messages into calls on the event loop; a writer thread sends,
 so a worker busy with a long step never blocks the event loop on a full pipe. A supervisor task watches for
 silence (a frozen process) and for steps that take too long (a hang), kills such a worker, and both cases then
-follow the same path as any other death: the jobs it held run again in a new process, once.
+follow the same path as any other death: the jobs it held run again in a new process, once, and one at a time
+(each may share its steps with new jobs), so that a job which kills the worker again fails alone.
 
 Messages between client and worker that callers never see (submit, cancel, stop, ready, heartbeat, ...) are
 defined here rather than in `protocol`, which holds what callers see.
@@ -28,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from multiprocessing.connection import wait as wait_for_ready
+from multiprocessing.connection import wait as wait_for_objects
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -54,6 +55,8 @@ CRASHED_TWICE = (
     "The image generator crashed twice while making this image, so it gave up on it. "
     "Other settings (fewer steps, cutouts or a smaller size) may work."
 )
+# How long a worker that closed its pipe may take to exit before it is killed.
+EXIT_GRACE_S = 10.0
 GENERATOR_UNAVAILABLE = "The image generator is not available right now; please try again later."
 
 
@@ -78,14 +81,18 @@ class WorkerConfig:
     clip_precision: str = "auto"
     # Jobs of one size optimised together in one step; 1 runs one job at a time.
     max_batch_size: int = 4
+    # An idle worker that gets a job waits this long for more before its first step, so that jobs submitted
+    # together also start together (later ones join at a step boundary anyway).
+    batch_wait_s: float = 0.05
     # A worker that holds jobs and reports no step for this long is killed and treated as dead. Must exceed
     # the slowest real step (a full batch at the largest size on the slowest device) with margin.
     hang_timeout_s: float = 300.0
     # The worker sends a heartbeat this often from a side thread, whatever its main thread is doing.
     heartbeat_interval_s: float = 1.0
-    # No message at all for this long (a frozen process, e.g. stuck holding the GIL) counts as a death.
-    heartbeat_timeout_s: float = 10.0
-    # Before its first message a worker is importing torch; after that, loading (maybe downloading) models.
+    # No message at all for this long from a ready worker (frozen, or stuck holding the GIL) counts as a death.
+    # A worker that exits or is killed is noticed at once, by the end of its pipe, whatever this says.
+    heartbeat_timeout_s: float = 30.0
+    # From process start to models loaded (importing torch, maybe downloading the weights first).
     startup_timeout_s: float = 1800.0
     # A worker that dies before it is ready this many times in a row is not started again.
     max_start_failures: int = 3
@@ -107,6 +114,8 @@ class WorkerConfig:
             raise ValueError(f"max_batch_size must be at least 1, not {self.max_batch_size}")
         if self.heartbeat_timeout_s <= self.heartbeat_interval_s:
             raise ValueError("heartbeat_timeout_s must be longer than heartbeat_interval_s")
+        if self.batch_wait_s < 0:
+            raise ValueError("batch_wait_s must not be negative")
         for name in ("hang_timeout_s", "heartbeat_interval_s", "startup_timeout_s", "supervise_interval_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
@@ -249,7 +258,7 @@ class _Incarnation:
         self.events = events
         self.outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.started_at = time.monotonic()
-        self.last_heard: float | None = None
+        self.last_heard = self.started_at
         # Last sign that held jobs are moving: a step or job event, or work arriving at an idle worker.
         self.last_progress = self.started_at
         self.ready: WorkerReady | None = None
@@ -305,9 +314,9 @@ class GenerationClient:
         self._loop = asyncio.get_running_loop()
         self._state = "starting"
         self._first_start = self._loop.create_future()
-        self._launch()
-        self._supervisor = self._loop.create_task(self._supervise(), name="bigsleep-generator-supervisor")
         try:
+            self._launch()
+            self._supervisor = self._loop.create_task(self._supervise(), name="bigsleep-generator-supervisor")
             await self._first_start
         except BaseException:
             await self.stop()
@@ -328,7 +337,7 @@ class GenerationClient:
         if problem is not None:
             self._finish(ticket, JobFailed(request.job_id, problem))
         elif self._worker_accepts_jobs():
-            self._hand_to_worker(ticket)
+            self._dispatch()
         return JobEvents(request.job_id, ticket.events)
 
     async def cancel(self, job_id: str) -> bool:
@@ -346,6 +355,7 @@ class GenerationClient:
         return True
 
     def health(self) -> WorkerHealth:
+        """A snapshot of the worker's state; cheap, never waits."""
         worker = self._worker
         alive = worker is not None and worker.ready is not None and not worker.gone and self._state == "ready"
         return WorkerHealth(
@@ -399,20 +409,20 @@ class GenerationClient:
 
     def _launch(self) -> None:
         number = next(self._numbers)
-        requests_out, requests_in = self._context.Pipe(duplex=False)
-        events_out, events_in = self._context.Pipe(duplex=False)
+        worker_reads, client_writes = self._context.Pipe(duplex=False)
+        client_reads, worker_writes = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=_run_worker_process,
-            args=(self.config, requests_out, events_in),
+            args=(self.config, worker_reads, worker_writes),
             name=f"bigsleep-generator-{number}",
             # multiprocessing terminates daemonic children when this interpreter exits, even without stop().
             daemon=True,
         )
         process.start()
         # The child has its own copies now. Closing ours is what makes the child's death show as end-of-pipe.
-        requests_out.close()
-        events_in.close()
-        worker = _Incarnation(number, process, requests_in, events_out)
+        worker_reads.close()
+        worker_writes.close()
+        worker = _Incarnation(number, process, client_writes, client_reads)
         for target, role in ((self._read_events, "reader"), (self._write_requests, "writer")):
             thread = threading.Thread(target=target, args=(worker,), name=f"bigsleep-generator-{number}-{role}", daemon=True)
             worker.threads.append(thread)
@@ -434,8 +444,9 @@ class GenerationClient:
                 break
             self._call_in_loop(self._on_message, worker, message)
         worker.events.close()
-        # End of pipe means the process is exiting or gone; wait for it here, off the event loop.
-        worker.process.join(2.0)
+        # End of pipe means the process is gone (a death closes its pipes) or exiting after a clean stop; wait
+        # for it here, off the event loop.
+        worker.process.join(EXIT_GRACE_S)
         if worker.process.exitcode is None:
             worker.process.kill()
             worker.process.join()
@@ -495,9 +506,7 @@ class GenerationClient:
         if self._first_start is not None and not self._first_start.done():
             self._first_start.set_result(None)
         if self._state == "ready":
-            for ticket in list(self._tickets.values()):
-                if ticket.worker is None:
-                    self._hand_to_worker(ticket)
+            self._dispatch()
 
     def _on_worker_gone(self, worker: _Incarnation, exit_code: int | None) -> None:
         if worker.gone:
@@ -535,7 +544,11 @@ class GenerationClient:
                 ticket.events.put_nowait(JobRestarted(ticket.job_id, f"The image generator restarted ({reason}); this image starts again."))
         self._state = "restarting" if self._state == "ready" else self._state
         self._restarts += 1
-        self._launch()
+        try:
+            self._launch()
+        except Exception as error:  # no process could be created at all (out of memory, out of processes)
+            log.exception("could not start a new generation process")
+            self._give_up(f"could not start a new generation process: {error}")
 
     def _give_up(self, reason: str) -> None:
         self._state = "failed"
@@ -546,30 +559,34 @@ class GenerationClient:
             self._finish(ticket, JobFailed(ticket.job_id, GENERATOR_UNAVAILABLE))
 
     async def _supervise(self) -> None:
-        config = self.config
         while True:
-            await asyncio.sleep(config.supervise_interval_s)
-            worker = self._worker
-            if worker is None or worker.gone or worker.death_reason is not None:
-                continue
-            now = time.monotonic()
-            if wait_for_ready([worker.process.sentinel], 0):
-                # Normally the reader thread reports an exit at once (end of pipe). If something else still holds
-                # the pipe open, that never comes: go on without it.
-                worker.exit_seen_at = worker.exit_seen_at or now
-                if now - worker.exit_seen_at > 2.0:
-                    self._on_worker_gone(worker, None)
-                continue
-            if worker.last_heard is None:
-                if now - worker.started_at > config.startup_timeout_s:
-                    self._kill(worker, f"it did not start within {config.startup_timeout_s:g} s")
-            elif now - worker.last_heard > config.heartbeat_timeout_s:
-                self._kill(worker, f"it stopped answering for {now - worker.last_heard:.0f} s")
-            elif worker.ready is None:
-                if now - worker.started_at > config.startup_timeout_s:
-                    self._kill(worker, f"it did not load its models within {config.startup_timeout_s:g} s")
-            elif self._holds_jobs(worker) and now - worker.last_progress > config.hang_timeout_s:
-                self._kill(worker, f"a step hung: no progress for {now - worker.last_progress:.0f} s")
+            await asyncio.sleep(self.config.supervise_interval_s)
+            try:
+                self._check_worker()
+            except Exception:  # keep watching: a bug here must not leave the worker unsupervised
+                log.exception("supervising the generation process failed")
+
+    def _check_worker(self) -> None:
+        config = self.config
+        worker = self._worker
+        if worker is None or worker.gone or worker.death_reason is not None:
+            return
+        now = time.monotonic()
+        if wait_for_objects([worker.process.sentinel], timeout=0):  # exited (without reaping it: the reader does)
+            # Normally the reader thread reports an exit at once (end of pipe). If something else still holds
+            # the pipe open, that never comes: go on without it.
+            worker.exit_seen_at = worker.exit_seen_at or now
+            if now - worker.exit_seen_at > 2.0:
+                self._on_worker_gone(worker, None)
+            return
+        if worker.ready is None:
+            # Loading can hold the GIL for long stretches (unpickling weights), so no heartbeat rule yet.
+            if now - worker.started_at > config.startup_timeout_s:
+                self._kill(worker, f"it did not load its models within {config.startup_timeout_s:g} s")
+        elif now - worker.last_heard > config.heartbeat_timeout_s:
+            self._kill(worker, f"it stopped answering for {now - worker.last_heard:.0f} s")
+        elif self._holds_jobs(worker) and now - worker.last_progress > config.hang_timeout_s:
+            self._kill(worker, f"a step hung: no progress for {now - worker.last_progress:.0f} s")
 
     def _kill(self, worker: _Incarnation, reason: str) -> None:
         if worker.gone:
@@ -607,12 +624,21 @@ class GenerationClient:
     def _holds_jobs(self, worker: _Incarnation) -> bool:
         return any(ticket.worker is worker for ticket in self._tickets.values())
 
-    def _hand_to_worker(self, ticket: _Ticket) -> None:
+    def _dispatch(self) -> None:
+        """Send the worker every job waiting for one, except that jobs which were in a worker when it died go
+        one at a time: a job that kills its worker again is then found without taking innocent jobs with it."""
+        if not self._worker_accepts_jobs():
+            return
         worker = self._worker
-        if not self._holds_jobs(worker):
-            worker.last_progress = time.monotonic()  # the hang clock starts when an idle worker gets work
-        ticket.worker = worker
-        worker.send(SubmitJob(ticket.request))
+        suspect_held = any(ticket.worker is worker and ticket.deaths > 0 for ticket in self._tickets.values())
+        for ticket in list(self._tickets.values()):
+            if ticket.worker is not None or (ticket.deaths > 0 and suspect_held):
+                continue
+            suspect_held = suspect_held or ticket.deaths > 0
+            if not self._holds_jobs(worker):
+                worker.last_progress = time.monotonic()  # the hang clock starts when an idle worker gets work
+            ticket.worker = worker
+            worker.send(SubmitJob(ticket.request))
 
     def _deliver(self, worker: _Incarnation, event: JobEvent) -> None:
         ticket = self._tickets.get(event.job_id)
@@ -628,6 +654,8 @@ class GenerationClient:
             del self._tickets[ticket.job_id]
             ticket.worker = None
             ticket.events.put_nowait(event)
+            if ticket.deaths > 0 and self._state == "ready":
+                self._dispatch()  # the next job re-run after a death may go now
 
 
 def _describe_exit(exit_code: int | None) -> str:

@@ -114,11 +114,13 @@ def serve(config: WorkerConfig, requests: Connection, events: Connection) -> Non
         target=send_heartbeats, args=(sender, config.heartbeat_interval_s, stop_heartbeats), name="heartbeat", daemon=True
     )
     heartbeats.start()
+    exit_code = 0
     try:
         try:
             engine = build_engine(config)
         except Exception as error:
             log.exception("could not load the models")
+            exit_code = 1
             sender.send(WorkerStartFailed(f"{type(error).__name__}: {error}"))
             return
         models = engine.models
@@ -131,11 +133,21 @@ def serve(config: WorkerConfig, requests: Connection, events: Connection) -> Non
                 clip_dtype=str(models.clip_dtype).removeprefix("torch."),
             )
         )
-        GenerationLoop(engine, config.max_batch_size, requests, sender).run()
+        GenerationLoop(engine, config.max_batch_size, requests, sender, config.batch_wait_s).run()
     except ClientGone:
         log.warning("the client went away; exiting")
+    except BaseException:
+        # A bug in this loop, not in a job: the client sees the exit and re-runs the jobs in a new process.
+        log.critical("the generation loop failed", exc_info=True)
+        exit_code = 1
     finally:
         stop_heartbeats.set()
+        # Everything is reported; skip the interpreter's teardown, which takes seconds with torch loaded and
+        # saves nothing here (the operating system frees the memory, the GPU's included).
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)
 
 
 def build_engine(config: WorkerConfig) -> DreamEngine:
@@ -198,9 +210,12 @@ class HeldJob:
 class GenerationLoop:
     """Jobs by image size: a batch being optimised and a queue waiting to join it, for each size."""
 
-    def __init__(self, engine: DreamEngine, max_batch_size: int, requests: Connection, sender: EventSender):
+    def __init__(
+        self, engine: DreamEngine, max_batch_size: int, requests: Connection, sender: EventSender, batch_wait_s: float = 0.0
+    ):
         self.engine = engine
         self.max_batch_size = max_batch_size
+        self.batch_wait_s = batch_wait_s
         self.requests = requests
         self.sender = sender
         self.jobs: dict[str, HeldJob] = {}
@@ -233,6 +248,8 @@ class GenerationLoop:
         try:
             if wait:
                 self.handle(self.requests.recv())
+                while not self.stop_requested and self.requests.poll(self.batch_wait_s):
+                    self.handle(self.requests.recv())
             while not self.stop_requested and self.requests.poll(0):
                 self.handle(self.requests.recv())
         except (EOFError, OSError):
@@ -295,16 +312,20 @@ class GenerationLoop:
         batch = self.batches[size]
         if batch:
             started = time.perf_counter()
+            failure: Exception | None = None
             try:
                 losses = self.step(batch)
             except Exception as error:
-                if is_out_of_memory(error):
-                    self.shrink(size, batch, error)
-                else:
-                    self.find_culprit(batch, error)
-            else:
+                failure = error
+            # Handled outside the except block, so errors from the retries are not chained to this one in the log.
+            if failure is None:
                 self.sender.send(StepDone(size, len(batch), time.perf_counter() - started))
                 self.report(batch, losses)
+            elif is_out_of_memory(failure):
+                # Its traceback holds the failed step's tensors; let them go before trying again.
+                self.shrink(size, batch, failure.with_traceback(None))
+            else:
+                self.find_culprit(batch, failure)
         if not self.batches[size] and not self.waiting[size]:
             self.batch_limits.pop(size, None)
 
@@ -319,7 +340,7 @@ class GenerationLoop:
         except Exception:
             # The crops are drawn before anything can fail; drawing them again must give the same ones, or a
             # job's image would depend on whether a batch it was in failed.
-            for dream, (step, crop_state) in zip(dreams, before):
+            for dream, (step, crop_state) in zip(dreams, before, strict=True):
                 if dream.step == step:
                     dream.crop_rng.set_state(crop_state)
             raise
@@ -351,20 +372,22 @@ class GenerationLoop:
         log.warning("a step of %d jobs failed (%s: %s); stepping them one at a time", len(batch), type(error).__name__, error)
         size = batch[0].spec.size
         for job in list(batch):
+            single_failure: Exception | None = None
             try:
                 losses = self.step([job])
             except Exception as single_error:
-                if is_out_of_memory(single_error):
-                    self.shrink(size, [job], single_error)
-                else:
-                    self.fail(job, readable_reason(single_error), single_error)
-                continue
-            self.report([job], losses)
+                single_failure = single_error
+            if single_failure is None:
+                self.report([job], losses)
+            elif is_out_of_memory(single_failure):
+                self.shrink(size, [job], single_failure.with_traceback(None))
+            else:
+                self.fail(job, readable_reason(single_failure), single_failure)
 
     # ---- telling the client -------------------------------------------------------------------------------
 
     def report(self, jobs: Sequence[HeldJob], losses: Sequence[float]) -> None:
-        for job, loss in zip(list(jobs), losses):
+        for job, loss in zip(list(jobs), losses, strict=True):
             dream = job.dream
             try:
                 snapshot = self.engine.render_average(dream) if dream.wants_snapshot() else None
