@@ -4,7 +4,6 @@ environment, against the fake Discord; and its refusals to start."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -90,19 +89,3 @@ def test_an_unknown_setting_stops_the_start_naming_the_key(tmp_path):
     assert result.returncode == 2
     assert "queue.max_queud_per_user" in result.stderr and "progress.edit_interval_seconds" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-PROBE = """
-import json, sys
-import bot.__main__, bot.app, bot.cogs.imagine, bot.cogs.jobs, bot.dispatcher, bot.progress, bot.settings
-import bot.simulated, bot.views, bot.embeds, bot.files, bot.interactions
-import generator.client
-heavy = ("torch", "torchvision", "clip")
-print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] in heavy)))
-"""
-
-
-def test_no_bot_module_imports_torch():
-    result = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == []

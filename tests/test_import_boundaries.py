@@ -1,0 +1,45 @@
+"""The system's shape, checked: the Discord side never loads torch, the light generator modules stay light.
+
+Each case imports modules in a fresh interpreter (this test process may already hold torch from other tests)
+and lists which of the forbidden top-level packages ended up in sys.modules.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+CASES = {
+    "every bot module": (
+        "import bot.__main__, bot.app, bot.cogs.imagine, bot.cogs.jobs, bot.dispatcher, bot.progress, bot.settings\n"
+        "import bot.simulated, bot.views, bot.embeds, bot.files, bot.interactions, bot.store, bot.fair_queue, bot.parsing\n"
+        # parsing loads CLIP's tokenizer lazily: that path must stay torch-free too
+        "bot.parsing.parse_imagine('a bowl of cherries')",
+        ("torch", "torchvision", "clip"),
+    ),
+    "the generation client": (
+        "from generator.client import GenerationClient, WorkerConfig\n"
+        "GenerationClient(WorkerConfig(models_kind='tiny', sizes=(128,)))",
+        ("torch", "torchvision", "clip", "discord", "PIL", "numpy"),
+    ),
+    "the weights downloader": ("import generator.weights", ("torch", "discord", "requests")),
+    "the protocol and tokenizer": (
+        "import generator.protocol, generator.tokens\ngenerator.tokens.count_tokens('a bowl of cherries')",
+        ("torch", "discord"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_imports_stay_within_their_side(case):
+    code, forbidden = CASES[case]
+    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted({{n.split('.')[0] for n in sys.modules}} & {set(forbidden)!r})))"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [], f"{case} pulled in forbidden packages"
