@@ -13,6 +13,9 @@ from pathlib import Path
 from generator.protocol import SpecError, split_prompts
 
 CONTEXT_LENGTH = 77
+# CLIP's tokenizer memoises the BPE split of every word it has seen, forever; a long-running bot sees every
+# word its users type. Start the memo afresh once it holds this many words.
+MAX_MEMOISED_WORDS = 50_000
 # Start-of-text and end-of-text take two of the 77 positions.
 MAX_PROMPT_TOKENS = CONTEXT_LENGTH - 2
 
@@ -26,18 +29,25 @@ def _clip_tokenizer():
     spec = importlib.util.spec_from_file_location("_bigsleep_clip_tokenizer", module_path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.SimpleTokenizer()
+    tokenizer = module.SimpleTokenizer()
+    return tokenizer, dict(tokenizer.cache)
+
+
+def _encode(text: str):
+    tokenizer, initial_memo = _clip_tokenizer()
+    if len(tokenizer.cache) > MAX_MEMOISED_WORDS:
+        tokenizer.cache = dict(initial_memo)
+    return tokenizer, tokenizer.encode(text)
 
 
 def count_tokens(text: str) -> int:
     """Number of CLIP tokens in one prompt, not counting start and end markers."""
-    return len(_clip_tokenizer().encode(text))
+    return len(_encode(text)[1])
 
 
 def encode_prompt(text: str) -> list[int]:
     """Token ids of one prompt with start and end markers, as CLIP's text encoder expects them."""
-    tokenizer = _clip_tokenizer()
-    tokens = tokenizer.encode(text)
+    tokenizer, tokens = _encode(text)
     if len(tokens) > MAX_PROMPT_TOKENS:
         raise SpecError(
             f"The prompt “{_shorten(text)}” is {len(tokens)} CLIP tokens long; CLIP reads at most "

@@ -141,3 +141,4 @@ def test_batched_step_gives_each_job_its_own_gradient(tiny_models):
     scale = alone.latents.z.grad.abs().max().item()
     torch.testing.assert_close(first.latents.z.grad, alone.latents.z.grad, rtol=0, atol=1e-2 * scale)
     assert (second.latents.z.grad - alone.latents.z.grad).abs().max().item() > 0.2 * scale
+
