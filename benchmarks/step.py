@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import json
 import statistics
 import subprocess
@@ -34,8 +33,8 @@ from generator import clip_model  # noqa: E402
 from generator.cutouts import sample_crop_boxes  # noqa: E402
 from generator.engine import DreamEngine, dream  # noqa: E402
 from generator.latents import Latents  # noqa: E402
-from generator.models import DreamModels, assemble, default_clip_dtype, resolve_device  # noqa: E402
-from generator.protocol import QUALITY_PRESETS, DreamSpec  # noqa: E402
+from generator.models import assemble, clip_dtype_for, resolve_device  # noqa: E402
+from generator.protocol import CLIP_PRECISIONS, QUALITY_PRESETS, DreamSpec  # noqa: E402
 
 PROMPT = "a bowl of cherries"
 NEGATIVE = "a blurry photo"
@@ -157,7 +156,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, choices=(128, 256, 512))
     parser.add_argument("--cutouts", type=int, default=128)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--clip-precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto", help="our CLIP's precision (auto: as the product picks)")
+    parser.add_argument("--clip-precision", choices=CLIP_PRECISIONS, default="auto", help="our CLIP's precision (auto: as the product picks)")
     parser.add_argument("--check-cutouts", type=int, default=16,
                         help="cutouts for the equivalence check (its float64 reference is slow and memory-hungry)")
     parser.add_argument("--repeats", type=int, default=2, help="timed steps per variant (after one warm-up)")
@@ -167,7 +166,7 @@ def main() -> None:
     args = parser.parse_args()
 
     device = resolve_device(args.device)
-    ours_dtype = {"auto": default_clip_dtype(device), "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.clip_precision]
+    ours_dtype = clip_dtype_for(args.clip_precision, device)
     print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'}), "
           f"torch {torch.__version__}, size {args.size} px, {args.cutouts} cutouts, our CLIP in {dtype_name(ours_dtype)}")
 

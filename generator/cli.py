@@ -10,7 +10,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from generator.protocol import ALLOWED_SIZES, MAX_SEED, MODEL_KINDS, QUALITY_PRESETS, DreamSpec, SpecError
+from generator.protocol import ALLOWED_SIZES, CLIP_PRECISIONS, MAX_SEED, MODEL_KINDS, QUALITY_PRESETS, DreamSpec, SpecError
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="'tiny': toy random models that check the setup; 'random': real-size random models (benchmarks); "
                             "both draw noise (default: $BIGSLEEP_MODELS or full)")
     dream.add_argument("--device", default=os.environ.get("BIGSLEEP_DEVICE", "auto"), help="auto, cpu, cuda or cuda:N")
-    dream.add_argument("--clip-precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+    dream.add_argument("--clip-precision", choices=CLIP_PRECISIONS, default="auto",
                        help="CLIP's weight precision; auto is fp16 on CUDA and bf16 on CPU (BigGAN always runs fp32)")
     dream.add_argument("--weights-dir", type=Path, default=None, help="a folder that already holds the weight files; the network is never used")
     dream.add_argument("--cache-dir", type=Path, default=None, help="where downloaded weights are kept (default: $BIGSLEEP_CACHE_DIR or the user cache)")
@@ -114,19 +114,17 @@ def run_dream(args: argparse.Namespace) -> int:
         raise SpecError(f"--timelapse must end in .gif, not {args.timelapse.name!r}")
 
     # torch loads slowly; only after the options are known to be good.
-    import torch
     from tqdm import tqdm
 
     from generator.engine import dream
     from generator.images import timelapse_gif
-    from generator.models import RANDOM_WARNING, TINY_WARNING, load_models, models_kind_from_env, resolve_device
+    from generator.models import RANDOM_WARNING, TINY_WARNING, clip_dtype_for, load_models, models_kind_from_env, resolve_device
     from generator.weights import WeightsSource
 
     kind = args.models or models_kind_from_env()
     if kind != "full":
         print(TINY_WARNING if kind == "tiny" else RANDOM_WARNING, file=sys.stderr)
     device = resolve_device(args.device)
-    clip_dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.clip_precision]
     source = WeightsSource.from_env()
     source = replace(
         source,
@@ -134,7 +132,7 @@ def run_dream(args: argparse.Namespace) -> int:
         local_dir=args.weights_dir or source.local_dir,
         offline=args.offline or source.offline,
     )
-    models = load_models(kind, [spec.size], device, clip_dtype, source)
+    models = load_models(kind, [spec.size], device, clip_dtype_for(args.clip_precision, device), source)
 
     snapshot_dir = out.with_name(out.stem + "-snapshots")
     print(f"Dreaming “{spec.prompt}” at {spec.size} px, {spec.steps} steps, seed {spec.seed}, on {device}.", file=sys.stderr)

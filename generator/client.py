@@ -35,6 +35,7 @@ from typing import Any
 
 from generator.protocol import (
     ALLOWED_SIZES,
+    CLIP_PRECISIONS,
     FINAL_EVENTS,
     MODEL_KINDS,
     JobCancelled,
@@ -50,7 +51,6 @@ from generator.protocol import (
 
 log = logging.getLogger("bigsleep.client")
 
-CLIP_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CRASHED_TWICE = (
     "The image generator crashed twice while making this image, so it gave up on it. "
     "Other settings (fewer steps, cutouts or a smaller size) may work."

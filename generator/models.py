@@ -69,6 +69,13 @@ def default_clip_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if native_bf16 else torch.float32
 
 
+def clip_dtype_for(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype named by one of CLIP_PRECISIONS; 'auto' is what suits `device`."""
+    if precision == "auto":
+        return default_clip_dtype(device)
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
 def resolve_device(name: str | None) -> torch.device:
     """'auto' (or None) picks CUDA when present; anything else is taken as a torch device name."""
     if name in (None, "", "auto"):

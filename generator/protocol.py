@@ -17,6 +17,8 @@ PROMPT_SEPARATOR = "|"
 # full: the real weights. tiny: toy-width random models (tests, checking a setup). random: the real-size
 # architectures with random weights (benchmarks, real-size checks). Both random kinds draw noise.
 MODEL_KINDS = ("full", "tiny", "random")
+# CLIP's weight precision by name; "auto" lets the device decide (generator.models.clip_dtype_for).
+CLIP_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class SpecError(ValueError):

@@ -42,7 +42,7 @@ from generator.client import (
 )
 from generator.engine import DreamEngine, DreamJob
 from generator.images import png_bytes, timelapse_gif
-from generator.models import DreamModels, load_models, resolve_device
+from generator.models import DreamModels, clip_dtype_for, load_models, resolve_device
 from generator.protocol import (
     DreamSpec,
     JobCancelled,
@@ -56,7 +56,6 @@ from generator.protocol import (
 
 log = logging.getLogger("bigsleep.worker")
 
-CLIP_DTYPES: dict[str, torch.dtype | None] = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OUT_OF_MEMORY = (
     "The image generator ran out of memory for this image, even on its own and with fewer cutouts. "
     "Try a smaller size or fewer cutouts."
@@ -155,7 +154,7 @@ def build_engine(config: WorkerConfig) -> DreamEngine:
         torch.set_num_threads(config.torch_threads)
     device = resolve_device(config.device)
     started = time.perf_counter()
-    models = load_models(config.models_kind, config.sizes, device, CLIP_DTYPES[config.clip_precision])
+    models = load_models(config.models_kind, config.sizes, device, clip_dtype_for(config.clip_precision, device))
     log.info("loaded %s models for %s px on %s in %.1f s", models.kind, models.sizes, device, time.perf_counter() - started)
     factory: Callable[[DreamModels], DreamEngine] = DreamEngine
     if config.engine_factory is not None:
