@@ -137,7 +137,19 @@ UPDATE jobs SET final_shown = 1 WHERE state IN ('done', 'failed', 'cancelled');
 CREATE INDEX jobs_by_final_shown ON jobs (final_shown, state);
 """
 
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
+# Moderation (issue 5): quotas, per-server settings, blocks, audit log. Being written; replace this script.
+_SCHEMA_V3 = """
+CREATE TABLE IF NOT EXISTS schema_placeholder_v3 (x INTEGER);
+DROP TABLE schema_placeholder_v3;
+"""
+
+# Challenges (issue 6): challenges, entries, votes. Being written; replace this script.
+_SCHEMA_V4 = """
+CREATE TABLE IF NOT EXISTS schema_placeholder_v4 (x INTEGER);
+DROP TABLE schema_placeholder_v4;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4)
 """Migration scripts in order; the database's user_version is the number applied. Append only.
 
 Each script runs inside one transaction together with the user_version bump, so it must contain only
