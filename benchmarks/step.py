@@ -226,8 +226,10 @@ def main() -> None:
             allowed = {label: FP32_SLACK * error + 1e-6 for label, error in reference_errors.items()}
             rule = f"no more than {FP32_SLACK:g}x the fp32 reference's own error"
         else:
-            allowed = {label: HALF_TOLERANCE for label in our_errors}
-            rule = f"within {HALF_TOLERANCE:g} (half-precision CLIP)"
+            # On a GPU the reference's fp32 is itself far from exact (cuDNN runs BigGAN's convolutions in TF32:
+            # z grad 0.20 on an H100), so a half-precision CLIP is held to whichever bound is looser.
+            allowed = {label: max(HALF_TOLERANCE, FP32_SLACK * reference_errors[label]) for label in our_errors}
+            rule = f"within {HALF_TOLERANCE:g} or {FP32_SLACK:g}x the fp32 reference's own error (half-precision CLIP)"
         verdict = "OK" if all(our_errors[label] <= allowed[label] for label in our_errors) else "MISMATCH"
         print(f"verdict: {verdict} ({rule}); exact loss {exact[0].item():.5f}")
 

@@ -42,7 +42,13 @@ from generator.client import (
 )
 from generator.engine import DreamEngine, DreamJob
 from generator.images import png_bytes, timelapse_gif
-from generator.models import DreamModels, clip_dtype_for, load_models, resolve_device
+from generator.models import (
+    DreamModels,
+    clip_dtype_for,
+    load_models,
+    resolve_device,
+    use_repeatable_kernels,
+)
 from generator.protocol import (
     DreamSpec,
     JobCancelled,
@@ -153,6 +159,7 @@ def build_engine(config: WorkerConfig) -> DreamEngine:
     if config.torch_threads is not None:
         torch.set_num_threads(config.torch_threads)
     device = resolve_device(config.device)
+    use_repeatable_kernels(device)
     started = time.perf_counter()
     models = load_models(config.models_kind, config.sizes, device, clip_dtype_for(config.clip_precision, device))
     log.info("loaded %s models for %s px on %s in %.1f s", models.kind, models.sizes, device, time.perf_counter() - started)
