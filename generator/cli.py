@@ -58,6 +58,29 @@ def build_parser() -> argparse.ArgumentParser:
     dream.add_argument("--cache-dir", type=Path, default=None, help="where downloaded weights are kept (default: $BIGSLEEP_CACHE_DIR or the user cache)")
     dream.add_argument("--offline", action="store_true", help="never download; fail with instructions if weights are missing")
     dream.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    download = commands.add_parser(
+        "download",
+        help="fetch and verify the configured model weights ahead of time",
+        description="Download every weight file the bot's configuration needs (CLIP, and BigGAN-deep for each of "
+                    "worker.sizes), verify their SHA-256, and keep them in the cache, so that the first /imagine "
+                    "does not wait on a download. Files already present are verified, not downloaded again.",
+    )
+    download.add_argument("--config", type=Path, metavar="FILE", help="the bot's settings file (default: as the bot finds it)")
+    download.add_argument("--sizes", type=int, nargs="+", choices=ALLOWED_SIZES, metavar="SIZE",
+                          help="BigGAN sizes to fetch instead of the configured worker.sizes (any of 128, 256, 512)")
+    download.add_argument("--cache-dir", type=Path, default=None, help="where to keep the weights (default: $BIGSLEEP_CACHE_DIR or the user cache)")
+    download.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="check this machine for running the bot, and say how to fix what is wrong",
+        description="Check Python and torch, the GPU, the configured device, the weights, the configuration, the "
+                    "data folder and database, and the Discord token; print OK, WARN or FAIL for each with a fix. "
+                    "Exits 1 when anything FAILs.",
+    )
+    doctor.add_argument("--config", type=Path, metavar="FILE", help="the bot's settings file (default: as the bot finds it)")
+    doctor.add_argument("--offline", action="store_true", help="do not ask Discord whether the token is valid")
     return parser
 
 
@@ -118,13 +141,22 @@ def run_dream(args: argparse.Namespace) -> int:
 
     from generator.engine import dream
     from generator.images import timelapse_gif
-    from generator.models import RANDOM_WARNING, TINY_WARNING, clip_dtype_for, load_models, models_kind_from_env, resolve_device
+    from generator.models import (
+        RANDOM_WARNING,
+        TINY_WARNING,
+        clip_dtype_for,
+        load_models,
+        models_kind_from_env,
+        resolve_device,
+        use_repeatable_kernels,
+    )
     from generator.weights import WeightsSource
 
     kind = args.models or models_kind_from_env()
     if kind != "full":
         print(TINY_WARNING if kind == "tiny" else RANDOM_WARNING, file=sys.stderr)
     device = resolve_device(args.device)
+    use_repeatable_kernels(device)
     source = WeightsSource.from_env()
     source = replace(
         source,
@@ -155,18 +187,79 @@ def run_dream(args: argparse.Namespace) -> int:
     return 0
 
 
+def configured_sizes(config: Path | None) -> tuple[str, tuple[int, ...]]:
+    """The bot's `models` and `worker.sizes`, read as the bot reads them (file, local.toml, BIGSLEEP_* variables)."""
+    from bot.settings import load_settings  # torch- and discord-free, like this command
+
+    settings = load_settings(config)
+    return settings.models, settings.worker.sizes
+
+
+def run_download(args: argparse.Namespace) -> int:
+    from generator.weights import WeightsSource, ensure_files, files_for_sizes, weights_root
+
+    if args.sizes:
+        sizes = tuple(dict.fromkeys(args.sizes))
+    else:
+        models, sizes = configured_sizes(args.config)
+        if models != "full":
+            print(f"Nothing to download: the configuration says models = {models!r}, which needs no weights. "
+                  "Set models = \"full\" for real images, or name sizes with --sizes to fetch them anyway.")
+            return 0
+    try:
+        source = WeightsSource.from_env()
+    except ValueError as error:  # a bad BIGSLEEP_OFFLINE: the message names it
+        from bot.settings import SettingsError
+
+        raise SettingsError(str(error)) from None
+    source = replace(source, cache_dir=args.cache_dir or source.cache_dir, progress=not args.quiet)
+    files = files_for_sizes(sizes, source.mirror)
+    where = weights_root(source)
+    action = "Checking" if source.local_dir is not None or source.offline else "Fetching and verifying"
+    print(f"{action} {len(files)} weight files for sizes {', '.join(map(str, sizes))} in {where}.", file=sys.stderr)
+    paths = ensure_files(files, source)
+    total = 0
+    for key, path in paths.items():
+        size = path.stat().st_size
+        total += size
+        print(f"  ok  {key}  ({size / 2**20:,.1f} MiB)")
+    print(f"All {len(paths)} weight files are present and verified ({total / 2**20:,.0f} MiB in {where}).")
+    return 0
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    from generator.doctor import diagnose, format_report
+
+    findings = diagnose(args.config, offline=args.offline)
+    print(format_report(findings))
+    return EXIT_FAILED if any(finding.failed for finding in findings) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from generator.models import ModelLoadError
+    if args.command == "doctor":
+        return run_doctor(args)  # reports every problem itself; never raises for one
+    from bot.settings import SettingsError
     from generator.weights import MissingWeightsError, WeightsDownloadError
 
+    failures: tuple[type[Exception], ...] = (MissingWeightsError, WeightsDownloadError)
+    if args.command == "dream":
+        from generator.models import ModelLoadError  # imports torch: only for the command that needs it
+
+        failures += (ModelLoadError,)
     try:
         if args.command == "dream":
             return run_dream(args)
+        if args.command == "download":
+            return run_download(args)
+    except SettingsError as error:
+        for line in str(error).splitlines():
+            print(f"bigsleep {args.command}: {line}", file=sys.stderr)
+        return EXIT_USAGE
     except SpecError as error:
         print(f"bigsleep {args.command}: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except (MissingWeightsError, WeightsDownloadError, ModelLoadError) as error:
+    except failures as error:
         print(f"bigsleep {args.command}: {error}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -496,16 +496,58 @@ def _missing_error(
     return MissingWeightsError(f"BigSleep needs {count} that {why}: {listing}. {what_to_do}")
 
 
+def weights_root(source: WeightsSource) -> Path:
+    """The folder the files are looked for in: the weights folder when one is set, else the cache."""
+    return source.cache_dir if source.local_dir is None else source.local_dir
+
+
+def _plan(
+    files: list[WeightFile], source: WeightsSource
+) -> tuple[_ChecksumRecord, bool, Path, list[tuple[WeightFile, str, Path]]]:
+    unique = list({f.key: f for f in files}.values())
+    root = weights_root(source)
+    planned = [(f, _url(f.key, f.url, source.mirror), root / f.key) for f in unique]
+    return _ChecksumRecord(source.cache_dir), source.local_dir is None, root, planned
+
+
+@dataclass(frozen=True)
+class FileStatus:
+    """What `inspect_files` found for one file: `problem` is None when it is present and verified."""
+
+    weight_file: WeightFile
+    path: Path
+    url: str
+    missing: bool
+    problem: str | None
+
+
+def inspect_files(files: list[WeightFile], source: WeightsSource) -> list[FileStatus]:
+    """Check every file where `ensure_files` would look for it, verifying the present ones; never downloads."""
+    record, in_cache, _root, planned = _plan(files, source)
+    statuses = []
+    for weight_file, url, path in planned:
+        if not path.is_file():
+            statuses.append(FileStatus(weight_file, path, url, missing=True, problem=f"{path} is missing"))
+            continue
+        try:
+            _verify_present_file(weight_file, path, record, in_cache=in_cache, url=url)
+        except (WeightsDownloadError, OSError) as error:
+            statuses.append(FileStatus(weight_file, path, url, missing=False, problem=str(error)))
+        else:
+            statuses.append(FileStatus(weight_file, path, url, missing=False, problem=None))
+    try:
+        record.save()
+    except OSError as error:
+        log.warning("Could not save %s (%s).", record.path, error)
+    return statuses
+
+
 def ensure_files(files: list[WeightFile], source: WeightsSource) -> dict[str, Path]:
     """Return key -> path of each file, verified; download missing ones into the cache when allowed.
 
     Makes no network request when every file is already present and verified.
     """
-    unique = list({f.key: f for f in files}.values())
-    record = _ChecksumRecord(source.cache_dir)
-    in_cache = source.local_dir is None
-    root = source.cache_dir if in_cache else source.local_dir
-    planned = [(f, _url(f.key, f.url, source.mirror), root / f.key) for f in unique]
+    record, in_cache, root, planned = _plan(files, source)
     present = [item for item in planned if item[2].is_file()]
     missing = [item for item in planned if not item[2].is_file()]
 

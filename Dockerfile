@@ -1,0 +1,52 @@
+# bigsleep-bot for a GPU host. Build: `docker build -t bigsleep-bot .`; run: the compose example in README.md.
+#
+# Base: PyTorch's official CUDA runtime image for exactly the torch this package pins (torch==2.14.1; its PyPI
+# build is the CUDA 13.0 one), so the gigabytes of torch and CUDA libraries arrive as one shared, cached layer.
+# `pip install .` below installs the package with the pins from pyproject.toml, as the README's install does:
+# pip keeps the image's torch because it satisfies the pin, and would install the pinned one if it did not, so
+# the image never runs another torch than a checkout does. tests/test_dockerfile.py keeps tag and pin in step.
+FROM pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+
+WORKDIR /opt/bigsleep-bot
+
+# Only what the package is built from (see .dockerignore); then the settings file the bot reads.
+COPY pyproject.toml README.md ./
+COPY generator ./generator
+COPY bot ./bot
+RUN pip install --no-cache-dir . \
+    && bigsleep --help > /dev/null \
+    && bigsleep-bot --help > /dev/null
+COPY config ./config
+
+# A fixed, unprivileged uid: bind-mounted folders must be writable by 10001 (`chown -R 10001:10001 ./data`).
+RUN groupadd --system --gid 10001 bigsleep \
+    && useradd --system --uid 10001 --gid bigsleep --home-dir /data --shell /usr/sbin/nologin bigsleep \
+    && mkdir -p /data /weights \
+    && chown bigsleep:bigsleep /data /weights
+
+# The job database and images (BIGSLEEP_DATA_DIR), and the model weights (BIGSLEEP_CACHE_DIR, about 1 GB,
+# downloaded once: `docker compose run --rm bigsleep bigsleep download`). DISCORD_TOKEN is never baked in:
+# pass it in the container's environment.
+ENV BIGSLEEP_CONFIG_DIR=/opt/bigsleep-bot/config \
+    BIGSLEEP_DATA_DIR=/data \
+    BIGSLEEP_CACHE_DIR=/weights \
+    BIGSLEEP_HEALTH__ENABLED=true \
+    BIGSLEEP_HEALTH__PORT=8080
+VOLUME ["/data", "/weights"]
+EXPOSE 8080
+
+# Numeric, so that runtimes which insist on a non-root user (runAsNonRoot) can tell without reading /etc/passwd.
+USER 10001:10001
+WORKDIR /data
+
+# The bot's own health endpoint, from inside the container (so no curl: the image's Python does the asking).
+HEALTHCHECK --interval=30s --timeout=10s --start-period=5m --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('BIGSLEEP_HEALTH__PORT', '8080') + '/healthz', timeout=8)"]
+
+# CMD rather than ENTRYPOINT, so `docker compose run --rm bigsleep bigsleep doctor` runs the other commands.
+CMD ["bigsleep-bot"]
