@@ -5,11 +5,14 @@ backward too), so two runs may differ. This prints how far apart they are with t
 again with `torch.use_deterministic_algorithms(True)`, and what the deterministic kernels cost in time.
 
     .venv/bin/python -m benchmarks.determinism --device cuda --size 256 --steps 30
+    .venv/bin/python -m benchmarks.determinism --device cuda --through-worker   # the product's path: the worker
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import io
 import os
 import time
 import warnings
@@ -23,9 +26,10 @@ import torch  # noqa: E402
 
 from generator import biggan as biggan_ops  # noqa: E402
 from generator import clip_model  # noqa: E402
+from generator.client import GenerationClient, WorkerConfig  # noqa: E402
 from generator.engine import dream  # noqa: E402
 from generator.models import assemble, clip_dtype_for, resolve_device  # noqa: E402
-from generator.protocol import CLIP_PRECISIONS, DreamSpec  # noqa: E402
+from generator.protocol import CLIP_PRECISIONS, DreamSpec, JobRequest, JobResult  # noqa: E402
 
 
 def run_once(models, spec: DreamSpec) -> tuple[np.ndarray, float]:
@@ -42,6 +46,24 @@ def compare(first: np.ndarray, second: np.ndarray) -> str:
             f"mean |diff| {difference.mean():.3f} levels, max {int(difference.max())}")
 
 
+async def twice_through_worker(args: argparse.Namespace, spec: DreamSpec) -> None:
+    """The same job twice through the real worker process (which switches on the deterministic kernels itself)."""
+    from PIL import Image
+
+    client = GenerationClient(WorkerConfig(models_kind="random", sizes=(args.size,), device=args.device,
+                                           clip_precision=args.clip_precision, max_batch_size=1, log_level="WARNING"))
+    await client.start()
+    images = []
+    try:
+        for attempt in range(2):
+            async for event in client.submit(JobRequest(f"repeat-{attempt}", spec)):
+                if isinstance(event, JobResult):
+                    images.append(np.asarray(Image.open(io.BytesIO(event.png)).convert("RGB"), dtype=np.int16))
+    finally:
+        await client.stop()
+    print(f"through the worker:    {compare(*images)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
@@ -49,7 +71,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--cutouts", type=int, default=32)
     parser.add_argument("--clip-precision", choices=CLIP_PRECISIONS, default="auto")
+    parser.add_argument("--through-worker", action="store_true", help="run the job twice through the worker process")
     args = parser.parse_args()
+    spec = DreamSpec(prompt="a bowl of cherries", seed=7, size=args.size, steps=args.steps, cutouts=args.cutouts)
+    if args.through_worker:
+        asyncio.run(twice_through_worker(args, spec))
+        return
 
     device = resolve_device(args.device)
     clip_dtype = clip_dtype_for(args.clip_precision, device)
@@ -59,7 +86,6 @@ def main() -> None:
     torch.manual_seed(0)
     models = assemble(clip_model.random_clip("full"), {args.size: biggan_ops.random_biggan(biggan_ops.config_for_size(args.size))},
                       device, clip_dtype, "random")
-    spec = DreamSpec(prompt="a bowl of cherries", seed=7, size=args.size, steps=args.steps, cutouts=args.cutouts)
     run_once(models, DreamSpec(prompt="warm up", seed=1, size=args.size, steps=2, cutouts=args.cutouts))
 
     first, first_seconds = run_once(models, spec)
