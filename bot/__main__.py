@@ -42,16 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    # discord.py's gateway chatter is noise at INFO.
-    logging.getLogger("discord.gateway").setLevel(max(logging.getLevelName(level), logging.WARNING))
-
-
 def point_discord_at(api_base: str | None, gateway_url: str | None) -> None:
     """Use a Discord-compatible server (tests) instead of discord.com."""
     import discord.gateway
@@ -106,7 +96,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG}: {line}", file=sys.stderr)
         return EXIT_CONFIG
 
-    configure_logging(settings.log_level)
+    from bot.logs import configure_logging
+
+    # The token goes to the redactor, so no line (a traceback with headers, say) can carry it.
+    configure_logging(settings.log_level, settings.log_format, secrets=[connection.token.get_secret_value()])
     for name in unknown_environment_names():
         logging.getLogger("bot").warning("ignoring %s: no such setting (see config/default.toml)", name)
     point_discord_at(connection.api_base, connection.gateway_url)
@@ -114,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     import discord
 
     from bot.app import BigSleepBot
+    from bot.health import HealthServerError
 
     sync = "global" if args.sync else args.sync_guild
     bot = BigSleepBot(settings, sync=sync)
@@ -122,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     except discord.LoginFailure:
         print(f"{PROG}: Discord refused the token in DISCORD_TOKEN; copy it again from the Developer Portal.", file=sys.stderr)
         return EXIT_FAILED
-    except discord.PrivilegedIntentsRequired as problem:
+    except (discord.PrivilegedIntentsRequired, HealthServerError) as problem:
         print(f"{PROG}: {problem}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -18,12 +19,17 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.cogs.challenges import ChallengesCog
 from bot.cogs.imagine import ImagineCog
 from bot.cogs.jobs import JobsCog
+from bot.cogs.moderation import ModerationCog
 from bot.dispatcher import Dispatcher, GenerationBackend, settings_from
 from bot.embeds import NO_MENTIONS
 from bot.fair_queue import FairQueue
 from bot.files import ResultFiles
+from bot.health import HealthServer
+from bot.metrics import BotMetrics
+from bot.moderation.service import ModerationService
 from bot.progress import ProgressMessages
 from bot.settings import BotSettings
 from bot.store import JobStore
@@ -49,6 +55,7 @@ def generation_client_for(settings: BotSettings) -> GenerationBackend:
         hang_timeout_s=settings.worker.hang_timeout_seconds,
         startup_timeout_s=settings.worker.startup_timeout_seconds,
         log_level=settings.log_level,
+        log_formatter="bot.logs:JsonLineFormatter" if settings.log_format == "json" else None,
     )
     return GenerationClient(config)
 
@@ -57,6 +64,9 @@ class BigSleepTree(app_commands.CommandTree):
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         if isinstance(error, app_commands.NoPrivateMessage):
             text = "This command works in servers only."
+        elif isinstance(error, app_commands.MissingPermissions):
+            needed = ", ".join(name.replace("_", " ").replace("guild", "server").title() for name in error.missing_permissions)
+            text = f"This command is for moderators: it needs the {needed} permission."
         elif isinstance(error, app_commands.CheckFailure):
             text = "You can't use this command here."
         else:
@@ -77,6 +87,7 @@ class BigSleepBot(commands.Bot):
     files: ResultFiles
     dispatcher: Dispatcher
     progress: ProgressMessages
+    moderation: ModerationService
 
     def __init__(
         self,
@@ -84,6 +95,7 @@ class BigSleepBot(commands.Bot):
         *,
         backend_factory: BackendFactory = generation_client_for,
         sync: SyncTarget = None,
+        clock: Callable[[], float] = time.time,
         **options: Any,
     ) -> None:
         # The bot never joins voice; discord.py would warn at every start that voice libraries are missing.
@@ -92,6 +104,9 @@ class BigSleepBot(commands.Bot):
         intents = discord.Intents.none()
         intents.guilds = True
         options.setdefault("allowed_mentions", NO_MENTIONS)
+        metrics = BotMetrics()
+        # Counts Discord's error answers (and 429s) on discord.py's own HTTP session.
+        options.setdefault("http_trace", metrics.discord_trace())
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents,
@@ -100,8 +115,12 @@ class BigSleepBot(commands.Bot):
             **options,
         )
         self.settings = settings
+        self.metrics = metrics
+        self.health: HealthServer | None = None
         self._backend_factory = backend_factory
         self._sync = sync
+        # Wall-clock time for challenge deadlines; tests pass one they can move.
+        self.clock = clock
         self._started_services = False
         self._closed_services = False
 
@@ -124,10 +143,14 @@ class BigSleepBot(commands.Bot):
             progress=self.progress,
             settings=dispatch_settings,
             recent_durations=await self.store.recent_durations(dispatch_settings.eta_history),
+            metrics=self.metrics,
         )
+        self.metrics.attach(self.dispatcher, self)
         self._started_services = True
         await self.add_cog(ImagineCog(self))
         await self.add_cog(JobsCog(self))
+        await self.add_cog(ModerationCog(self))  # sets self.moderation; applies paused servers before dispatch
+        await self.add_cog(ChallengesCog(self, clock=self.clock))
         self.add_dynamic_items(JobButton)
         # CLIP's tokenizer takes a moment to load; load it now rather than during someone's first /imagine.
         await asyncio.to_thread(count_tokens, "warm up")
@@ -148,6 +171,9 @@ class BigSleepBot(commands.Bot):
             )
         log.info("%d job(s) waiting", len(queue))
         self.dispatcher.start()
+        if settings.health.enabled:
+            self.health = HealthServer(self, settings.health)
+            await self.health.start()
 
         if self._sync == "global":
             synced = await self.tree.sync()
@@ -175,6 +201,9 @@ class BigSleepBot(commands.Bot):
                 self.progress.cancelled(job)
 
     async def close(self) -> None:
+        if self.health is not None:
+            health, self.health = self.health, None
+            await health.stop()
         if self._started_services and not self._closed_services:
             self._closed_services = True
             await self.dispatcher.stop()

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from bot.fair_queue import FairQueue, JobRef, UserCaps, estimate_wait
 from bot.files import ResultFiles
+from bot.logs import bind_job
 from bot.store import IllegalTransition, Job, JobKind, JobNotFound, JobStore
 from generator.protocol import (
     DreamSpec,
@@ -89,6 +90,38 @@ class SilentProgress:
         pass
 
 
+class JobMetrics(Protocol):
+    """Where the dispatcher counts what happens to jobs (bot.metrics.BotMetrics, in the bot)."""
+
+    def job_queued(self, job: Job) -> None: ...
+
+    def job_started(self, job: Job) -> None: ...
+
+    def job_finished(self, job: Job) -> None:
+        """The job reached done, failed or cancelled (job.state says which)."""
+        ...
+
+    def steps_done(self, count: int) -> None:
+        """`count` more optimisation steps were done (over all jobs)."""
+        ...
+
+
+class NoMetrics:
+    """A JobMetrics that counts nothing (tests, tools)."""
+
+    def job_queued(self, job: Job) -> None:
+        pass
+
+    def job_started(self, job: Job) -> None:
+        pass
+
+    def job_finished(self, job: Job) -> None:
+        pass
+
+    def steps_done(self, count: int) -> None:
+        pass
+
+
 class QueueFull(Exception):
     """The user is at their waiting cap; the message is a sentence for them."""
 
@@ -130,6 +163,7 @@ class Dispatcher:
         progress: ProgressSink | None = None,
         settings: DispatchSettings | None = None,
         recent_durations: list[float] | None = None,
+        metrics: JobMetrics | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -139,7 +173,12 @@ class Dispatcher:
         self.files = files
         self.progress: ProgressSink = progress or SilentProgress()
         self.settings = settings or DispatchSettings()
+        self.metrics: JobMetrics = metrics or NoMetrics()
+        # Restarts counted by backends that were since replaced, plus the replacements themselves.
+        self._retired_restarts = 0
         self._in_flight: dict[str, _InFlight] = {}
+        # Per-server say over who may start (bot.moderation: a server's running cap); None lets everyone.
+        self.lane_gate: Callable[[int, int], bool] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
         self._stop_requested = asyncio.Event()
@@ -194,6 +233,47 @@ class Dispatcher:
     def backend_ready(self) -> bool:
         return self._backend_ready
 
+    def backend_health(self) -> object | None:
+        """The backend's own health snapshot (generator.client.WorkerHealth for the real worker), if it has one."""
+        health = getattr(self.backend, "health", None)
+        if health is None:
+            return None
+        try:
+            return health()
+        except Exception:
+            log.exception("the generation worker's health could not be read")
+            return None
+
+    def worker_alive(self) -> bool:
+        """The worker started and is running now (not between a death and its replacement)."""
+        if not self._backend_ready:
+            return False
+        health = self.backend_health()
+        if health is None:
+            return True
+        alive = getattr(health, "alive", None)
+        if alive is None:  # the simulated worker says 'started'
+            alive = getattr(health, "started", True)
+        return bool(alive)
+
+    @property
+    def worker_restarts(self) -> int:
+        """Worker processes started to replace one that died, hung or could not start, since the bot started."""
+        return self._retired_restarts + self._restarts_of(self.backend)
+
+    @staticmethod
+    def _restarts_of(backend: GenerationBackend) -> int:
+        health = getattr(backend, "health", None)
+        try:
+            return int(getattr(health(), "restarts", 0)) if health is not None else 0
+        except Exception:
+            return 0
+
+    def _replace_backend(self) -> None:
+        if self._backend_factory is not None:
+            self._retired_restarts += self._restarts_of(self.backend) + 1
+            self.backend = self._backend_factory()
+
     async def _main(self) -> None:
         while not self._stopping:
             if not self._backend_ready:
@@ -217,8 +297,7 @@ class Dispatcher:
                 attempt += 1
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop_requested.wait(), delay)
-                if self._backend_factory is not None:
-                    self.backend = self._backend_factory()
+                self._replace_backend()
                 continue
             self._backend_ready = True
             log.info("generation worker ready")
@@ -245,15 +324,14 @@ class Dispatcher:
         async def replace() -> None:
             with contextlib.suppress(Exception):
                 await old.stop(self.settings.stop_timeout)
-            if self._backend_factory is not None:
-                self.backend = self._backend_factory()
+            self._replace_backend()
             self._wake.set()
 
         self._replacing = asyncio.create_task(replace(), name="bigsleep-backend-restart")
 
     def _dispatch_ready_jobs(self) -> None:
         while not self._stopping and len(self._in_flight) < self.settings.max_in_flight:
-            ref = self.queue.pop_next(lambda user: self.queue.can_start(user, self.settings.caps))
+            ref = self.queue.pop_next(lambda user: self.queue.can_start(user, self.settings.caps), self.lane_gate)
             if ref is None:
                 return
             flight = _InFlight(ref=ref)
@@ -297,8 +375,17 @@ class Dispatcher:
                 init_latents_path=init_latents_path,
             )
             self.queue.push(JobRef.of(job))
+        self.metrics.job_queued(job)
+        log.info(
+            "job queued", extra={"job_id": job.id, "kind": job.kind, "guild_id": job.guild_id, "user_id": job.user_id,
+                                 "steps": job.steps, "size": job.size, "queued": len(self.queue)},
+        )
         self._wake.set()
         return job
+
+    def wake(self) -> None:
+        """Look at the queue again now (a server was resumed, or a limit raised)."""
+        self._wake.set()
 
     def position(self, job_id: str) -> int | None:
         return self.queue.position(job_id)
@@ -322,19 +409,21 @@ class Dispatcher:
         job = await self.store.require(job_id)
         if self.queue.remove(job.id) is not None:
             job = await self._mark_cancelled(job.id)
+            self._ended(job)
             self.progress.cancelled(job)
             return job
         flight = self._in_flight.get(job.id)
         if flight is not None:
             flight.cancel_requested = True
             job = await self._mark_cancelled(job.id)
+            self._ended(job)
             self.progress.cancelled(job)
             # Its worker slot stays taken until the worker confirms; the final event frees it.
             if self._backend_ready:
                 try:
                     await self.backend.cancel(job.id)
                 except Exception:
-                    log.exception("could not ask the worker to cancel job %s", job.id)
+                    log.exception("could not ask the worker to cancel job %s", job.id, extra={"job_id": job.id})
             return job
         raise NotCancellable(f"Job `{job.id}` is already {job.state}.")
 
@@ -348,6 +437,8 @@ class Dispatcher:
 
     async def _run_job(self, flight: _InFlight) -> None:
         job_id = flight.ref.job_id
+        # Every line logged while this job runs (here, in the progress messages it starts) names the job.
+        bind_job(job_id)
         try:
             if flight.cancel_requested:
                 return
@@ -355,6 +446,9 @@ class Dispatcher:
                 job = await self.store.mark_running(job_id)
             except (IllegalTransition, JobNotFound):
                 return  # cancelled (or removed) between the pop and now
+            self.metrics.job_started(job)
+            waited = _seconds_between(job.created_at, job.started_at)
+            log.info("job started", extra={"job_id": job_id, "attempt": job.attempts, "waited_seconds": waited})
             try:
                 request = await self._request_for(job)
             except FileNotFoundError:
@@ -392,10 +486,12 @@ class Dispatcher:
                 if not flight.cancel_requested:
                     self.progress.running(job, 0, job.steps, None)
             elif isinstance(event, JobProgress):
+                self.metrics.steps_done(event.step - flight.step)
                 flight.step, flight.total = event.step, event.total
                 if not flight.cancel_requested:
                     self.progress.running(job, event.step, event.total, event.snapshot_png)
             elif isinstance(event, JobResult):
+                self.metrics.steps_done(event.steps - flight.step)
                 await self._finish_done(job, flight, event)
                 return
             elif isinstance(event, JobFailed):
@@ -411,7 +507,9 @@ class Dispatcher:
                 if not flight.cancel_requested:
                     # Cancelled by someone other than us (an operator on the worker): record it.
                     with contextlib.suppress(IllegalTransition):
-                        self.progress.cancelled(await self.store.mark_cancelled(job.id))
+                        cancelled = await self.store.mark_cancelled(job.id)
+                        self._ended(cancelled)
+                        self.progress.cancelled(cancelled)
                 return
             elif isinstance(event, JobInterrupted):
                 if not flight.cancel_requested:
@@ -439,6 +537,7 @@ class Dispatcher:
         except IllegalTransition:
             return  # cancelled while the result was on its way
         self._durations.appendleft(wall_seconds)
+        self._ended(done)
         self.progress.done(done, result.png)
 
     async def _fail(self, job: Job, reason: str) -> None:
@@ -446,7 +545,16 @@ class Dispatcher:
             failed = await self.store.mark_failed(job.id, reason)
         except IllegalTransition:
             return
+        self._ended(failed, reason=reason)
         self.progress.failed(failed, reason)
+
+    def _ended(self, job: Job, **details: object) -> None:
+        self.metrics.job_finished(job)
+        log.info(
+            "job %s", job.state,
+            extra={"job_id": job.id, "outcome": job.state, "attempts": job.attempts,
+                   "ran_seconds": _seconds_between(job.started_at, job.finished_at), **details},
+        )
 
     async def _give_back_or_fail(self, job_id: str, reason: str) -> None:
         """The worker stopped before finishing: queue the job again at the front, unless it keeps crashing."""
@@ -471,9 +579,14 @@ class Dispatcher:
         except (IllegalTransition, JobNotFound):
             return
         self.queue.requeue(JobRef.of(requeued))
+        log.info("job queued again at the front", extra={"job_id": job_id, "attempts": requeued.attempts})
         if not self._stopping:
             self.progress.waiting(requeued, " again: the generator restarted")
         self._wake.set()
+
+
+def _seconds_between(start: float | None, end: float | None) -> float | None:
+    return None if start is None or end is None else round(max(0.0, end - start), 3)
 
 
 def settings_from(bot_settings: object) -> DispatchSettings:
@@ -496,6 +609,8 @@ __all__ = [
     "DispatchSettings",
     "Dispatcher",
     "GenerationBackend",
+    "JobMetrics",
+    "NoMetrics",
     "NotCancellable",
     "ProgressSink",
     "QueueFull",

@@ -62,12 +62,16 @@ def cancelled_text(job: Job) -> str:
     return f"{job_heading(job)} (Cancelled)"
 
 
-def result_filename(job: Job) -> str:
-    return f"{job.id}.png"
+# Discord blurs an attachment whose name starts with this until it is clicked (servers that ask for spoilers).
+SPOILER_PREFIX = "SPOILER_"
 
 
-def snapshot_filename(job: Job) -> str:
-    return f"{job.id}-progress.png"
+def result_filename(job: Job, *, spoiler: bool = False) -> str:
+    return f"{SPOILER_PREFIX if spoiler else ''}{job.id}.png"
+
+
+def snapshot_filename(job: Job, *, spoiler: bool = False) -> str:
+    return f"{SPOILER_PREFIX if spoiler else ''}{job.id}-progress.png"
 
 
 def describe_seconds(seconds: float | None) -> str:
@@ -148,6 +152,26 @@ def queue_embed(
             now_lines.append(f"`{job.id}` {int(100 * step / total) if total else 0}% for <@{job.user_id}>")
         embed.add_field(name="Now", value=shorten("\n".join(now_lines), _FIELD_VALUE), inline=False)
     return embed
+
+
+def add_server_queue(
+    embed: discord.Embed,
+    jobs: Sequence[tuple[Job, int | None]],
+    *,
+    progress: dict[str, tuple[int, int]],
+    paused: bool,
+) -> None:
+    """A moderator's /queue: every running and waiting job of their server, with whose it is."""
+    lines = []
+    for job, position in jobs:
+        if job.state == "running":
+            step, total = progress.get(job.id, (job.progress_step, job.steps))
+            where = f"generating, {int(100 * step / total) if total else 0}%"
+        else:
+            where = f"position {position}" if position is not None else "waiting (paused)"
+        lines.append(f"`{job.id}` {where} - <@{job.user_id}> - {quoted_prompt(job.prompt, 60)}")
+    title = "This server's queue" + (" (paused)" if paused else "")
+    embed.add_field(name=title, value=shorten("\n".join(lines), _FIELD_VALUE) if lines else "Empty.", inline=False)
 
 
 def history_embed(jobs: Sequence[Job]) -> discord.Embed:

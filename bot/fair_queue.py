@@ -31,6 +31,7 @@ DEFAULT_QUEUED_CAP = 10
 DEFAULT_JOB_SECONDS = 120.0
 
 UserFilter = Callable[[int], bool]
+LaneFilter = Callable[[int, int], bool]  # (guild_id, user_id)
 
 
 class _QueueableJob(Protocol):
@@ -165,7 +166,11 @@ class FairQueue:
         """The default pop_next filter: the user is below the running cap."""
         return self._user_running[user_id] < (caps or self.caps).running
 
-    # -- pausing (the per-server setting comes later; this is its hook) --
+    def running_in(self, guild_id: int, user_id: int) -> int:
+        """The user's jobs running for this server (for a server's own running cap)."""
+        return sum(1 for ref in self._running.values() if ref.guild_id == guild_id and ref.user_id == user_id)
+
+    # -- pausing (bot.moderation persists it per server and applies it at start) --
 
     def pause_guild(self, guild_id: int) -> None:
         """Stop dispatching this server's jobs; they keep their place and stay counted."""
@@ -199,11 +204,12 @@ class FairQueue:
             users.move_to_end(ref.user_id, last=False)
             self._guild_rotation.move_to_end(ref.guild_id, last=False)
 
-    def pop_next(self, can_run: UserFilter | None = None) -> JobRef | None:
+    def pop_next(self, can_run: UserFilter | None = None, can_run_in: LaneFilter | None = None) -> JobRef | None:
         """Take the next job to run and count it as running for its user (call finish() when it ends).
 
-        `can_run(user_id)` decides who may start now; by default, users below the running cap. Users it
-        refuses and paused servers are skipped but keep their places. Returns None when nothing may run.
+        `can_run(user_id)` decides who may start now; by default, users below the running cap. `can_run_in
+        (guild_id, user_id)`, if given, also asks per server (a server's own running cap). Users they refuse
+        and paused servers are skipped but keep their places. Returns None when nothing may run.
         """
         allowed = can_run or self.can_start
         verdicts: dict[int, bool] = {}
@@ -213,7 +219,7 @@ class FairQueue:
             for user in self._user_rotations[guild]:
                 if user not in verdicts:
                     verdicts[user] = bool(allowed(user))
-                if verdicts[user]:
+                if verdicts[user] and (can_run_in is None or can_run_in(guild, user)):
                     ref = self._take_from_lane(guild, user)
                     self._running[ref.job_id] = ref
                     self._user_running[ref.user_id] += 1

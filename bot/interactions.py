@@ -16,6 +16,7 @@ import discord
 
 from bot.dispatcher import QueueFull
 from bot.embeds import NO_MENTIONS, queued_reply
+from bot.moderation.service import Refused
 from bot.store import Job, JobKind
 from generator.protocol import DreamSpec
 
@@ -43,21 +44,33 @@ async def queue_from_interaction(
     init_latents_path: str | None = None,
 ) -> Job | None:
     """Store and queue a job for the interaction's user and channel, then answer with position and ETA.
-    Returns the job, or None when the user's queue was full (they were told why)."""
+    Returns the job, or None when the server's rules or the user's queue refused it (they were told why)."""
     bot: BigSleepBot = interaction.client  # type: ignore[assignment]
     assert interaction.guild_id is not None and interaction.channel_id is not None
 
     async def store_and_queue() -> tuple[Job, int | None, float | None]:
-        job = await bot.dispatcher.enqueue(
-            guild_id=interaction.guild_id,
-            channel_id=interaction.channel_id,
-            user_id=interaction.user.id,
-            user_name=interaction.user.display_name,
-            spec=spec,
-            kind=kind,
-            parent_job_id=parent_job_id,
-            init_latents_path=init_latents_path,
-        )
+        # Every new job passes the server's rules here (blocks, channels, words, limits, quotas), and the
+        # check and the enqueue happen under one lock so two commands cannot both take a last allowance.
+        async with bot.moderation.admission_lock(interaction.guild_id):
+            refused = await bot.moderation.refusal(
+                guild_id=interaction.guild_id,
+                channel_id=interaction.channel_id,
+                user_id=interaction.user.id,
+                role_ids=[role.id for role in getattr(interaction.user, "roles", ())],
+                spec=spec,
+            )
+            if refused:
+                raise Refused(refused)
+            job = await bot.dispatcher.enqueue(
+                guild_id=interaction.guild_id,
+                channel_id=interaction.channel_id,
+                user_id=interaction.user.id,
+                user_name=interaction.user.display_name,
+                spec=spec,
+                kind=kind,
+                parent_job_id=parent_job_id,
+                init_latents_path=init_latents_path,
+            )
         position = bot.dispatcher.position(job.id)
         eta = bot.dispatcher.estimate_wait(position) if position is not None else None
         return job, position, eta
@@ -72,14 +85,17 @@ async def queue_from_interaction(
             await interaction.response.defer(ephemeral=True, thinking=True)
             deferred = True
             job, position, eta = await work
-    except QueueFull as full:
+    except (QueueFull, Refused) as full:
         await _answer(interaction, str(full), deferred)
         return None
 
     reachable = bot_can_post(interaction)
     if not reachable:
         bot.progress.mark_unreachable(job.channel_id)
-    await _answer(interaction, queued_reply(job, position, eta, unreachable=not reachable), deferred)
+    reply = queued_reply(job, position, eta, unreachable=not reachable)
+    if bot.moderation.settings(job.guild_id).paused:
+        reply += " This server's moderators have paused its queue: your job waits until they resume it."
+    await _answer(interaction, reply, deferred)
     bot.progress.announce(job)
     return job
 

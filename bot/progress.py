@@ -18,6 +18,7 @@ import io
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ from asyncio_throttle import Throttler
 
 from bot import embeds
 from bot.embeds import NO_MENTIONS
+from bot.logs import bind_job
 from bot.store import Job, JobStore
 from bot.views import active_view, result_view
 
@@ -117,6 +119,8 @@ class ProgressMessages:
         self._channel_budgets: dict[int, Throttler] = {}
         self._unreachable_until: dict[int, float] = {}
         self._closing = False
+        # Whether a server wants results behind spoilers (set by bot.moderation).
+        self.spoiler_for: Callable[[int], bool] = lambda guild_id: False
         poll = max(0.005, min(0.05, settings.edit_interval_seconds / 20))
         self._poll_interval = poll
 
@@ -132,16 +136,20 @@ class ProgressMessages:
         self._set(job, Render(embeds.waiting_text(job, note), clear_files=True, view=active_view(job)))
 
     def running(self, job: Job, step: int, total: int, snapshot_png: bytes | None) -> None:
-        file = (embeds.snapshot_filename(job), snapshot_png) if snapshot_png else None
+        spoiler = self.spoiler_for(job.guild_id)
+        file = (embeds.snapshot_filename(job, spoiler=spoiler), snapshot_png) if snapshot_png else None
         self._set(job, Render(embeds.progress_text(job, step, total), file=file, view=active_view(job)))
 
     def done(self, job: Job, png: bytes) -> None:
+        spoiler = self.spoiler_for(job.guild_id)
+        name = embeds.result_filename(job, spoiler=spoiler)
         self._set(
             job,
             Render(
                 embeds.done_text(job),
-                embed=embeds.result_embed(job, attachment_name=embeds.result_filename(job)),
-                file=(embeds.result_filename(job), png),
+                # An embed shows its image unblurred, so a spoilered image stays a plain attachment.
+                embed=embeds.result_embed(job, attachment_name=None if spoiler else name),
+                file=(name, png),
                 view=result_view(job),
                 final=True,
                 notify_owner_if_unreachable=True,
@@ -219,6 +227,7 @@ class ProgressMessages:
         return budget
 
     async def _deliver(self, tracker: _Tracker) -> None:
+        bind_job(tracker.job.id)  # this task's own context: its lines (discord.py's too) name the job
         try:
             while tracker.pending is not None:
                 channel_id = tracker.job.channel_id

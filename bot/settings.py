@@ -11,6 +11,7 @@ This module must stay free of torch and discord imports.
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,7 +93,7 @@ class LimitSettings(_Section):
     max_prompt_chars: int = Field(default=1000, ge=1, le=4000)
     # Most random crops CLIP judges per step (quality presets ask for 8-64). Lower it to save GPU memory.
     max_cutouts: int = Field(default=64, ge=1, le=256)
-    # Words refused in prompts (whole words, any case). Per-server lists come later; this one applies everywhere.
+    # Words refused in prompts on every server (bot.moderation.wordfilter); servers add their own with /settings.
     banned_words: tuple[str, ...] = ()
 
     @model_validator(mode="after")
@@ -126,6 +127,33 @@ class VariationSettings(_Section):
     steps_fraction: float = Field(default=0.4, gt=0.0, le=1.0)
 
 
+class ChallengeSettings(_Section):
+    # Vote counts stay hidden until a challenge ends (a moderator can choose otherwise per challenge).
+    hide_counts_until_end: bool = True
+    # Entries one member may have in a challenge, unless /challenge start says otherwise.
+    default_max_entries_per_member: int = Field(default=1, ge=1, le=25)
+    # Shortest and longest challenge /challenge start accepts.
+    min_duration_minutes: float = Field(default=10.0, ge=1.0)
+    max_duration_days: float = Field(default=60.0, gt=0.0, le=365.0)
+    # Side of each entry's picture on the results contact sheet; smaller when the sheet would be too big to upload.
+    contact_sheet_tile_px: int = Field(default=256, ge=32, le=1024)
+
+    @model_validator(mode="after")
+    def _durations_make_sense(self) -> ChallengeSettings:
+        if self.min_duration_minutes * 60 > self.max_duration_days * 86400:
+            raise ValueError("min_duration_minutes must be shorter than max_duration_days")
+        return self
+
+
+class HealthSettings(_Section):
+    # Serve GET /healthz (200 or 503 with details) and GET /metrics (Prometheus) over HTTP.
+    enabled: bool = False
+    # Nothing there needs a password: keep it on localhost unless a Prometheus elsewhere must reach it.
+    host: str = "127.0.0.1"
+    # 0 picks a free port (the bound one is logged).
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
 class BotSettings(BaseSettings):
     """Everything configurable except the Discord token and the test-only Discord URLs (see DiscordConnection)."""
 
@@ -145,11 +173,15 @@ class BotSettings(BaseSettings):
     # 'auto' picks CUDA when present; or 'cpu', 'cuda', 'cuda:1'.
     device: str = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # 'json': one JSON object per line (for log collectors); 'text': time, level, logger, message, key=value.
+    log_format: Literal["json", "text"] = "json"
     worker: WorkerSettings = WorkerSettings()
     queue: QueueSettings = QueueSettings()
     limits: LimitSettings = LimitSettings()
     progress: ProgressSettings = ProgressSettings()
     variations: VariationSettings = VariationSettings()
+    health: HealthSettings = HealthSettings()
+    challenges: ChallengeSettings = ChallengeSettings()
 
     @model_validator(mode="after")
     def _sizes_cover_limits(self) -> BotSettings:
@@ -236,18 +268,41 @@ def load_settings(config: Path | None = None, **overrides: Any) -> BotSettings:
     return loaded
 
 
-def describe_validation_error(error: ValidationError, files: list[Path]) -> str:
-    where = f" (in {', '.join(map(str, files))} or {ENV_PREFIX}* variables)" if files else ""
+def describe_validation_error(error: ValidationError, files: list[Path], environ: Mapping[str, str] | None = None) -> str:
     lines = []
     for problem in error.errors():
-        key = ".".join(str(part) for part in problem["loc"]) or "settings"
+        loc = [str(part) for part in problem["loc"]]
+        key = ".".join(loc) or "settings"
+        where = _where_set(loc, files, os.environ if environ is None else environ)
         if problem["type"] == "extra_forbidden":
             lines.append(f"unknown setting '{key}'{where}")
         else:
             value = problem.get("input")
             shown = f" (got {value!r})" if isinstance(value, (str, int, float, bool)) else ""
-            lines.append(f"setting '{key}': {problem['msg']}{shown}")
+            lines.append(f"setting '{key}'{where}: {problem['msg']}{shown}")
     return "\n".join(lines)
+
+
+def _where_set(loc: list[str], files: list[Path], environ: Mapping[str, str]) -> str:
+    """' (from BIGSLEEP_X)' or ' (in FILE)': where the offending key was written, so it can be found and fixed."""
+    variable = ENV_PREFIX + "__".join(loc).upper()
+    names = sorted(name.upper() for name in environ if name.upper().startswith(ENV_PREFIX))
+    if variable in names and loc:
+        return f" (from {variable})"  # the environment wins over the files, so this is the value that was used
+    origins = []
+    for path in reversed(files):  # the last file that sets a key is the one whose value was used
+        try:
+            table: Any = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        for part in loc:
+            table = table.get(part) if isinstance(table, dict) else None
+        if table is not None:
+            origins.append(str(path))
+            break
+    if loc:
+        origins += [name for name in names if name.startswith(variable + "__")]
+    return f" (in {' and '.join(origins)})" if origins else ""
 
 
 @dataclass(frozen=True)

@@ -137,16 +137,137 @@ UPDATE jobs SET final_shown = 1 WHERE state IN ('done', 'failed', 'cancelled');
 CREATE INDEX jobs_by_final_shown ON jobs (final_shown, state);
 """
 
-# Moderation (issue 5): quotas, per-server settings, blocks, audit log. Being written; replace this script.
+# Moderation (bot.moderation): per-server settings and quota rules (NULL: the bot's default, or no limit),
+# overrides for members and roles, allowed channels, banned words, blocked members, and the audit trail of
+# every moderator action with its before and after as JSON.
 _SCHEMA_V3 = """
-CREATE TABLE IF NOT EXISTS schema_placeholder_v3 (x INTEGER);
-DROP TABLE schema_placeholder_v3;
+CREATE TABLE guild_settings (
+    guild_id                   INTEGER PRIMARY KEY,
+    default_steps              INTEGER,
+    max_steps                  INTEGER,
+    default_size               INTEGER,
+    max_size                   INTEGER,
+    spoiler_by_default         INTEGER NOT NULL DEFAULT 0,
+    paused                     INTEGER NOT NULL DEFAULT 0,
+    log_channel_id             INTEGER,
+    quota_per_day              INTEGER,
+    quota_per_hour             INTEGER,
+    quota_max_queued           INTEGER,
+    quota_max_running          INTEGER,
+    budget_jobs_per_day        INTEGER,
+    budget_gpu_minutes_per_day REAL
+);
+
+CREATE TABLE quota_overrides (
+    guild_id    INTEGER NOT NULL,
+    target_kind TEXT NOT NULL CHECK (target_kind IN ('member', 'role')),
+    target_id   INTEGER NOT NULL,
+    exempt      INTEGER NOT NULL DEFAULT 0,
+    -- Only the limits the override sets: {"per_day": 40, "max_queued": null (no limit)}.
+    limits_json TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (guild_id, target_kind, target_id)
+);
+
+CREATE TABLE allowed_channels (
+    guild_id   INTEGER NOT NULL,
+    channel_id INTEGER NOT NULL,
+    PRIMARY KEY (guild_id, channel_id)
+);
+
+CREATE TABLE banned_words (
+    guild_id INTEGER NOT NULL,
+    word     TEXT NOT NULL,
+    PRIMARY KEY (guild_id, word)
+);
+
+CREATE TABLE blocked_members (
+    guild_id   INTEGER NOT NULL,
+    user_id    INTEGER NOT NULL,
+    reason     TEXT NOT NULL DEFAULT '',
+    blocked_by INTEGER NOT NULL,
+    blocked_at REAL NOT NULL,
+    PRIMARY KEY (guild_id, user_id)
+);
+
+CREATE TABLE mod_actions (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    guild_id       INTEGER NOT NULL,
+    moderator_id   INTEGER NOT NULL,
+    moderator_name TEXT NOT NULL DEFAULT '',
+    action         TEXT NOT NULL,
+    target         TEXT NOT NULL DEFAULT '',
+    before_json    TEXT,
+    after_json     TEXT,
+    at             REAL NOT NULL
+);
+CREATE INDEX mod_actions_by_guild ON mod_actions (guild_id, id);
+
+-- Quotas and /stats count a server's jobs by time.
+CREATE INDEX jobs_by_guild_created ON jobs (guild_id, created_at);
 """
 
-# Challenges (issue 6): challenges, entries, votes. Being written; replace this script.
+# Challenges (bot.challenges): a theme with a deadline per server, members' entries, and votes. The constraints
+# carry the rules, so no race can break them: one open challenge per server, a job entered once per challenge,
+# one vote per member per entry, and no vote for one's own entry.
 _SCHEMA_V4 = """
-CREATE TABLE IF NOT EXISTS schema_placeholder_v4 (x INTEGER);
-DROP TABLE schema_placeholder_v4;
+CREATE TABLE challenges (
+    id                      INTEGER PRIMARY KEY AUTOINCREMENT,
+    guild_id                INTEGER NOT NULL,
+    channel_id              INTEGER NOT NULL,
+    theme                   TEXT NOT NULL,
+    created_by              INTEGER NOT NULL,
+    created_at              REAL NOT NULL,
+    deadline                REAL NOT NULL,
+    max_entries_per_member  INTEGER NOT NULL CHECK (max_entries_per_member >= 1),
+    counts_hidden           INTEGER NOT NULL DEFAULT 1,
+    -- The server's upload limit as Discord last told it (in the /challenge start interaction; boosts raise it),
+    -- for the results contact sheet, which is posted when no interaction is at hand.
+    upload_limit            INTEGER,
+    -- open: taking entries and votes; closing: deadline passed, results not posted yet (a restart finishes
+    -- it); ended: results posted, archived; cancelled: stopped by a moderator, no results.
+    state                   TEXT NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'closing', 'ended', 'cancelled')),
+    -- Entry numbers count up and are never reused, so "#3" means one image for the whole challenge.
+    entries_numbered        INTEGER NOT NULL DEFAULT 0,
+    announcement_message_id INTEGER,
+    results_message_id      INTEGER,
+    ended_at                REAL
+);
+CREATE UNIQUE INDEX challenges_one_open_per_guild ON challenges (guild_id) WHERE state = 'open';
+CREATE INDEX challenges_by_state_deadline ON challenges (state, deadline);
+CREATE INDEX challenges_by_guild_created ON challenges (guild_id, created_at);
+
+CREATE TABLE challenge_entries (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    challenge_id INTEGER NOT NULL REFERENCES challenges (id) ON DELETE CASCADE,
+    number       INTEGER NOT NULL,
+    user_id      INTEGER NOT NULL,
+    user_name    TEXT NOT NULL DEFAULT '',
+    job_id       TEXT NOT NULL,
+    prompt       TEXT NOT NULL,
+    -- The bot's own copy, relative to the data dir: the job's result may be deleted, Discord's URLs expire.
+    image_path   TEXT NOT NULL,
+    submitted_at REAL NOT NULL,
+    message_id   INTEGER,
+    -- Written when the challenge ends: the archive and the leaderboard read these.
+    final_votes  INTEGER,
+    place        INTEGER,
+    UNIQUE (challenge_id, number),
+    UNIQUE (challenge_id, job_id)
+);
+CREATE INDEX challenge_entries_by_user ON challenge_entries (challenge_id, user_id);
+
+CREATE TABLE challenge_votes (
+    entry_id INTEGER NOT NULL REFERENCES challenge_entries (id) ON DELETE CASCADE,
+    voter_id INTEGER NOT NULL,
+    voted_at REAL NOT NULL,
+    PRIMARY KEY (entry_id, voter_id)
+);
+
+CREATE TRIGGER challenge_votes_not_for_oneself BEFORE INSERT ON challenge_votes
+WHEN NEW.voter_id = (SELECT user_id FROM challenge_entries WHERE id = NEW.entry_id)
+BEGIN
+    SELECT RAISE(ABORT, 'a member cannot vote for their own entry');
+END;
 """
 
 MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4)
@@ -389,9 +510,29 @@ class JobStore:
         """For later modules (quotas, settings) that add their own tables through MIGRATIONS."""
         return self._db
 
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A write transaction on the shared connection for feature stores, serialised with the job store's own
+        (two coroutines interleaving statements on one connection would share, or break, one transaction)."""
+        async with self._transaction() as db:
+            yield db
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The shared connection for reads by feature stores, while no transaction of another coroutine is open."""
+        async with self._lock:
+            yield self._db
+
     async def schema_version(self) -> int:
         async with self._lock:
             return await schema_version(self._db)
+
+    async def check_writable(self) -> None:
+        """Take the database's write lock and give it back at once; raises when the bot could not write (a
+        read-only database, or another process holding the lock past the busy timeout). For health checks."""
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            await self._db.rollback()
 
     async def journal_mode(self) -> str:
         async with self._lock:
@@ -515,6 +656,12 @@ class JobStore:
         """A user's queued and running jobs over all servers, in dispatch order (for /queue and /cancel)."""
         return await self._select(
             "WHERE user_id = ? AND state IN ('queued', 'running') ORDER BY state = 'queued', seq", (user_id,)
+        )
+
+    async def guild_active_jobs(self, guild_id: int) -> list[Job]:
+        """A server's running and queued jobs, running first (a moderator's /queue)."""
+        return await self._select(
+            "WHERE guild_id = ? AND state IN ('queued', 'running') ORDER BY state = 'queued', seq", (guild_id,)
         )
 
     async def children(self, parent_job_id: str) -> list[Job]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -18,6 +19,7 @@ import discord
 from bot.dispatcher import NotCancellable
 from bot.embeds import NO_MENTIONS
 from bot.interactions import queue_from_interaction
+from bot.moderation.service import Actor
 from bot.parsing import RANDOM_SEED_LIMIT
 from bot.store import Job, JobNotFound
 from generator.protocol import DreamSpec
@@ -83,8 +85,18 @@ def active_view(job: Job) -> discord.ui.View:
     return job_view(job, "cancel")
 
 
+# Buttons other features put under finished images (challenges: "Submit to challenge"). Each hook returns an
+# item for the job, or None for none.
+result_extras: list[Callable[[Job], discord.ui.Item[Any] | None]] = []
+
+
 def result_view(job: Job) -> discord.ui.View:
-    return job_view(job, "reroll", "vary", "delete")
+    view = job_view(job, "reroll", "vary", "delete")
+    for extra in result_extras:
+        item = extra(job)
+        if item is not None:
+            view.add_item(item)
+    return view
 
 
 # ---- who may do what --------------------------------------------------------------------------------------
@@ -100,6 +112,15 @@ def may_manage(interaction: discord.Interaction, job: Job) -> bool:
     if interaction.user.id == job.user_id:
         return True
     return interaction.guild_id == job.guild_id and is_moderator(interaction)
+
+
+async def audit_if_moderating(bot: BigSleepBot, interaction: discord.Interaction, job: Job, action: str, after: Any) -> None:
+    """A moderator acting on someone else's job goes into the server's audit trail (see /modlog)."""
+    if interaction.user.id == job.user_id:
+        return
+    actor = Actor(interaction.user.id, interaction.user.display_name)
+    target = f"job {job.id} of {job.user_name or 'someone'} ({job.user_id})"
+    await bot.moderation.record(job.guild_id, actor, f"job.{action}", target, {"state": job.state}, after)
 
 
 async def _reply(interaction: discord.Interaction, text: str) -> None:
@@ -170,6 +191,7 @@ async def _cancel(bot: BigSleepBot, interaction: discord.Interaction, job: Job) 
         await _reply(interaction, f"Job `{job.id}` no longer exists.")
         return
     await _reply(interaction, f"Cancelled `{job.id}`.")
+    await audit_if_moderating(bot, interaction, job, "cancel", {"state": "cancelled"})
 
 
 async def _delete(bot: BigSleepBot, interaction: discord.Interaction, job: Job) -> None:
@@ -178,10 +200,11 @@ async def _delete(bot: BigSleepBot, interaction: discord.Interaction, job: Job) 
         return
     await _reply(interaction, f"Deleted the image of `{job.id}`.")
     await bot.store.delete_result(job.id, bot.files.data_dir)
+    await audit_if_moderating(bot, interaction, job, "delete", {"image": "deleted"})
     if interaction.message is not None:
         try:
             await interaction.message.delete()
         except discord.NotFound:
             pass
         except discord.HTTPException as error:
-            log.warning("job %s: could not delete its message: %s", job.id, error)
+            log.warning("job %s: could not delete its message: %s", job.id, error, extra={"job_id": job.id})

@@ -18,12 +18,14 @@ defined here rather than in `protocol`, which holds what callers see.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import itertools
 import logging
 import multiprocessing
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -102,6 +104,8 @@ class WorkerConfig:
     # "module:function" taking the loaded DreamModels and returning a DreamEngine (tests wrap the real one).
     engine_factory: str | None = None
     log_level: str = "INFO"
+    # "module:Class" of a logging.Formatter for the worker's lines (the bot passes its JSON one); None: plain text.
+    log_formatter: str | None = None
 
     def __post_init__(self) -> None:
         if self.models_kind not in MODEL_KINDS:
@@ -121,8 +125,10 @@ class WorkerConfig:
                 raise ValueError(f"{name} must be positive")
         if self.max_start_failures < 1:
             raise ValueError("max_start_failures must be at least 1")
-        if self.engine_factory is not None and ":" not in self.engine_factory:
-            raise ValueError(f"engine_factory must look like 'module:function', not {self.engine_factory!r}")
+        for name in ("engine_factory", "log_formatter"):
+            value = getattr(self, name)
+            if value is not None and ":" not in value:
+                raise ValueError(f"{name} must look like 'module:name', not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -204,6 +210,12 @@ class WorkerStopped:
 
 def _run_worker_process(config: WorkerConfig, requests: Connection, events: Connection) -> None:
     """Entry point of the spawned process. Lives here, torch-free, so that starting it never imports torch here."""
+    if config.log_formatter is not None:
+        # Installed before serve() so that its own logging.basicConfig finds a handler and leaves it alone.
+        module_name, _, formatter_name = config.log_formatter.partition(":")
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(getattr(importlib.import_module(module_name), formatter_name)())
+        logging.basicConfig(level=config.log_level, handlers=[handler])
     from generator.worker import serve
 
     serve(config, requests, events)

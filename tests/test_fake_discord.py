@@ -454,6 +454,27 @@ async def test_default_member_permissions_hide_moderator_commands(fake_discord, 
     assert interaction.data['options'][0]['type'] == 2  # a subcommand group wrapping the subcommand
 
 
+async def test_integrations_overwrites_replace_default_member_permissions(fake_discord, world, bot):
+    helpers = fake_discord.add_role(world.guild, 'helpers')
+    bob = fake_discord.add_member(world.guild, 'bob', roles=[helpers])
+
+    fake_discord.set_command_permissions(world.guild, 'admin', {helpers: True, world.moderator: False})
+
+    # Allowed through a role although bob lacks Manage Server; the moderator's own deny beats his permission.
+    assert 'admin' in fake_discord.visible_commands(bob, world.channel)
+    assert 'admin' not in fake_discord.visible_commands(world.moderator, world.channel)
+    assert 'admin' not in fake_discord.visible_commands(world.alice, world.channel)
+    interaction = await fake_discord.invoke_command(world.channel, bob, 'admin queue clear', confirm=False)
+    assert (await interaction.wait_response()).content == 'queue cleared (confirm=False)'
+    # The interaction still carries bob's real permissions, so a bot can check them itself.
+    assert not int(interaction.payload['member']['permissions']) & Permission.MANAGE_GUILD
+
+    fake_discord.set_command_permissions(world.guild, 'admin', {world.guild: True})
+    assert 'admin' in fake_discord.visible_commands(world.alice, world.channel)
+    fake_discord.set_command_permissions(world.guild, 'admin', {})
+    assert 'admin' not in fake_discord.visible_commands(world.alice, world.channel)
+
+
 async def test_overlong_content_is_refused(fake_discord, world, bot):
     channel = bot.get_channel(world.channel.id)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import discord
@@ -12,7 +10,7 @@ from discord.ext import commands
 
 from bot.embeds import NO_MENTIONS
 from bot.interactions import queue_from_interaction
-from bot.parsing import ServerLimits, parse_imagine
+from bot.parsing import parse_imagine
 from generator.protocol import ALLOWED_SIZES, MAX_STEPS, QUALITY_PRESETS, SpecError
 
 if TYPE_CHECKING:
@@ -29,32 +27,9 @@ _PRESET_HELP = {
 }
 
 
-def banned_word_check(words: Sequence[str]) -> Callable[[str], str | None] | None:
-    """A check for parse_imagine: the first banned word found in the prompt as a whole word, any case."""
-    cleaned = [word.strip() for word in words if word.strip()]
-    if not cleaned:
-        return None
-    pattern = re.compile(r"(?<!\w)(" + "|".join(re.escape(word) for word in cleaned) + r")(?!\w)", re.IGNORECASE)
-
-    def check(prompt: str) -> str | None:
-        found = pattern.search(prompt)
-        return found.group(1) if found else None
-
-    return check
-
-
 class ImagineCog(commands.Cog):
     def __init__(self, bot: BigSleepBot) -> None:
         self.bot = bot
-        limits = bot.settings.limits
-        self.limits = ServerLimits(
-            max_steps=limits.max_steps,
-            max_size=limits.max_size,
-            default_steps=limits.default_steps,
-            default_size=limits.default_size,
-            max_prompt_chars=limits.max_prompt_chars,
-        )
-        self.banned_word = banned_word_check(limits.banned_words)
 
     @app_commands.command(name="imagine", description="Dream an image from a text prompt (BigGAN + CLIP)")
     @app_commands.guild_only()
@@ -80,6 +55,9 @@ class ImagineCog(commands.Cog):
         quality: str | None = None,
         size: int | None = None,
     ) -> None:
+        # The host's limits narrowed by this server's settings, and the host's banned words plus the server's.
+        moderation = self.bot.moderation
+        assert interaction.guild_id is not None
         try:
             spec = parse_imagine(
                 prompt,
@@ -88,8 +66,8 @@ class ImagineCog(commands.Cog):
                 steps=steps,
                 quality=quality,
                 size=size,
-                limits=self.limits,
-                banned_word=self.banned_word,
+                limits=moderation.limits_for(interaction.guild_id),
+                banned_word=moderation.matcher_for(interaction.guild_id).find,
             )
             spec = spec.with_changes(cutouts=min(spec.cutouts, self.bot.settings.limits.max_cutouts))
             sizes = self.bot.settings.worker.sizes

@@ -14,7 +14,7 @@ from bot import embeds
 from bot.dispatcher import NotCancellable
 from bot.embeds import NO_MENTIONS
 from bot.store import Job, JobNotFound
-from bot.views import may_manage, result_view
+from bot.views import audit_if_moderating, is_moderator, may_manage, result_view
 
 if TYPE_CHECKING:
     from bot.app import BigSleepBot
@@ -45,13 +45,22 @@ class JobsCog(commands.Cog):
             running=running,
             progress=dispatcher.in_flight_progress(),
         )
+        if is_moderator(interaction) and interaction.guild_id is not None:
+            # A moderator sees the whole server's queue, so they can find and cancel anyone's job.
+            server_jobs = await self.bot.store.guild_active_jobs(interaction.guild_id)
+            embeds.add_server_queue(
+                embed,
+                [(j, dispatcher.position(j.id) if j.state == "queued" else None) for j in server_jobs],
+                progress=dispatcher.in_flight_progress(),
+                paused=self.bot.moderation.settings(interaction.guild_id).paused,
+            )
         if not dispatcher.backend_ready:
             embed.set_footer(text="The generator is still starting; jobs wait until it is ready.")
         await interaction.response.send_message(embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
     # -- /cancel --
 
-    @app_commands.command(name="cancel", description="Cancel one of your waiting or running jobs")
+    @app_commands.command(name="cancel", description="Cancel one of your waiting or running jobs (moderators: anyone's)")
     @app_commands.guild_only()
     @app_commands.describe(job="The job id (leave empty if you have only one job)")
     async def cancel(self, interaction: discord.Interaction, job: str | None = None) -> None:
@@ -78,10 +87,14 @@ class JobsCog(commands.Cog):
             await self._reply(interaction, str(problem))
             return
         await self._reply(interaction, f"Cancelled `{cancelled.id}`.")
+        await audit_if_moderating(self.bot, interaction, target, "cancel", {"state": cancelled.state})
 
     @cancel.autocomplete("job")
     async def _cancel_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         active = await self.bot.store.active_jobs(interaction.user.id)
+        if is_moderator(interaction) and interaction.guild_id is not None:
+            mine = {job.id for job in active}
+            active += [j for j in await self.bot.store.guild_active_jobs(interaction.guild_id) if j.id not in mine]
         return self._choices(active, current)
 
     # -- /show --
@@ -103,10 +116,11 @@ class JobsCog(commands.Cog):
         # Reading and uploading the file can take a moment; the thinking state keeps the interaction alive.
         await interaction.response.defer(thinking=True)
         png = await asyncio.to_thread(self.bot.files.read, found.png_path)  # type: ignore[arg-type]
-        name = embeds.result_filename(found)
+        spoiler = self.bot.moderation.spoiler_for(found.guild_id)
+        name = embeds.result_filename(found, spoiler=spoiler)
         await interaction.followup.send(
             embeds.done_text(found),
-            embed=embeds.result_embed(found, attachment_name=name),
+            embed=embeds.result_embed(found, attachment_name=None if spoiler else name),
             file=discord.File(io.BytesIO(png), filename=name),
             view=result_view(found),
             allowed_mentions=NO_MENTIONS,

@@ -93,7 +93,7 @@ async def test_a_later_release_can_append_a_migration_without_losing_jobs(db_pat
         *MIGRATIONS,
         """
         ALTER TABLE jobs ADD COLUMN quota_weight REAL NOT NULL DEFAULT 1.0;
-        CREATE TABLE guild_settings (guild_id INTEGER PRIMARY KEY, paused INTEGER NOT NULL DEFAULT 0);
+        CREATE TABLE guild_themes (guild_id INTEGER PRIMARY KEY, theme TEXT NOT NULL DEFAULT '');
         """,
     )
     async with JobStore.open(db_path, migrations=future) as store:

@@ -25,6 +25,8 @@ Building the world (plain methods)
 - ``role = fake.add_role(guild, name, permissions=...)``; ``fake.assign_role(member, role)``, ``remove_role``.
 - ``fake.set_bot_can_post(channel, False)``, ``fake.set_channel_overwrite(channel, member_or_role, allow=, deny=)``,
   ``fake.delete_channel(channel)``, ``fake.block_direct_messages(member)``, ``fake.permissions_in(member, channel)``.
+- ``fake.set_command_permissions(guild, 'settings', {member_or_role_or_guild: True/False})``: an admin's
+  per-command overwrites (Server Settings > Integrations); they replace ``default_member_permissions``.
 Permission values may be ints, ``Permission`` flags or ``discord.Permissions``. Changes made while a bot
 is connected are dispatched on the gateway (CHANNEL_CREATE, GUILD_MEMBER_ADD, ...).
 

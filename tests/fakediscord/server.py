@@ -140,6 +140,9 @@ class FakeDiscord:
         self._dm_channels: Dict[int, FakeChannel] = {}
         self.global_command_store: Dict[int, Dict[str, Any]] = {}
         self.guild_command_store: Dict[int, Dict[int, Dict[str, Any]]] = {}
+        # Per-guild command permission overwrites an administrator sets in Server Settings > Integrations:
+        # {guild_id: {command name: {member, role or guild id (= @everyone): allowed}}}.
+        self.command_permission_overwrites: Dict[int, Dict[str, Dict[int, bool]]] = {}
         self.requests: List[RequestRecord] = []
         self.rate_limits: List[RateLimitRule] = []
         self.internal_errors: List[str] = []
@@ -534,6 +537,33 @@ class FakeDiscord:
             if command['name'] == name:
                 return command
         raise CommandNotFound(f'no {"global" if guild is None else "guild"} command named {name!r} was synced')
+
+    def set_command_permissions(
+        self, guild: GuildRef, command_name: str, overwrites: Mapping[Union[FakeMember, FakeRole, FakeGuild], bool]
+    ) -> None:
+        """What an administrator sets for one command in Server Settings > Integrations: allow (True) or deny
+        (False) it for members, roles or the whole server (pass the guild for @everyone). Like Discord, the
+        overwrites replace the command's ``default_member_permissions`` for whoever they name: a member's own
+        overwrite wins, then their roles (one allowing role is enough), then @everyone. ``{}`` removes them all."""
+        guild = self._guild(guild)
+        table = self.command_permission_overwrites.setdefault(guild.id, {})
+        if not overwrites:
+            table.pop(command_name, None)
+        else:
+            table[command_name] = {target.id: bool(allowed) for target, allowed in overwrites.items()}
+        self._state_changed()
+
+    def _command_overwrite(self, command: Mapping[str, Any], member: FakeMember) -> Optional[bool]:
+        """The Integrations overwrite that decides for this member, or None (``default_member_permissions`` does)."""
+        overwrites = self.command_permission_overwrites.get(member.guild.id, {}).get(command['name'])
+        if not overwrites:
+            return None
+        if member.id in overwrites:
+            return overwrites[member.id]
+        by_role = [overwrites[role_id] for role_id in member.role_ids if role_id in overwrites]
+        if by_role:
+            return any(by_role)
+        return overwrites.get(member.guild.id)
 
     def visible_commands(self, member: FakeMember, channel: ChannelRef) -> List[str]:
         """Names of the chat-input commands ``member`` would see in ``channel``'s command picker."""
@@ -1115,6 +1145,9 @@ class FakeDiscord:
             return 'the member lacks VIEW_CHANNEL or USE_APPLICATION_COMMANDS in the channel'
         if command.get('nsfw') and not channel.nsfw:
             return 'the command is age-restricted and the channel is not'
+        overwrite = self._command_overwrite(command, member) if member.id != member.guild.owner_id else None
+        if overwrite is not None:
+            return None if overwrite else 'a server administrator denied the command to this member (Integrations)'
         required = command.get('default_member_permissions')
         if required is not None:
             required_bits = int(required)

@@ -1,0 +1,159 @@
+"""The operations endpoint: `GET /healthz` and `GET /metrics` over plain HTTP (aiohttp), on localhost by default.
+
+/healthz answers 200 when all three hold, else 503, always with a JSON body saying what was checked:
+  discord    the gateway is connected and the bot is ready (with the heartbeat latency)
+  worker     the generation worker is started and alive (a worker still loading its models counts as down)
+  database   the job database can take its write lock, and the data folder accepts a file write
+/metrics is Prometheus's text format (see bot.metrics for the names).
+
+Nothing here needs a password, so keep it off the public internet (the default host is 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from bot.app import BigSleepBot
+    from bot.settings import HealthSettings
+
+log = logging.getLogger(__name__)
+
+# A database that takes longer than this to hand over its write lock counts as not writable.
+DATABASE_CHECK_TIMEOUT = 3.0
+PROBE_FILE_NAME = ".healthcheck"
+
+
+class HealthServerError(RuntimeError):
+    """The endpoint could not be served (the port is taken, say); the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Check:
+    ok: bool
+    details: dict[str, Any]
+
+
+class HealthServer:
+    """Serves /healthz and /metrics for one bot. `await start()` binds (port 0: a free one; see `port`)."""
+
+    def __init__(self, bot: BigSleepBot, settings: HealthSettings) -> None:
+        self.bot = bot
+        self.settings = settings
+        self.port: int | None = None
+        self._runner: web.AppRunner | None = None
+        # One database check at a time: a slow disk must not pile up checks from an impatient monitor.
+        self._database_check: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics)
+        # No access log: a monitor polling every few seconds would drown the bot's own lines.
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.host, self.settings.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as error:
+            await runner.cleanup()
+            raise HealthServerError(
+                f"cannot serve /healthz on {self.settings.host}:{self.settings.port} ({error.strerror or error}); "
+                "set health.port (BIGSLEEP_HEALTH__PORT) to a free port, or health.enabled = false"
+            ) from None
+        self._runner = runner
+        self.port = runner.addresses[0][1] if runner.addresses else self.settings.port
+        log.info(
+            "health and metrics at http://%s:%s/healthz and /metrics", self.settings.host, self.port,
+            extra={"host": self.settings.host, "port": self.port},
+        )
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    # -- handlers --
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        checks = {
+            "discord": self.discord_check(),
+            "worker": self.worker_check(),
+            "database": await self.database_check(),
+        }
+        healthy = all(check.ok for check in checks.values())
+        body = {"status": "ok" if healthy else "unhealthy"}
+        body.update({name: {"ok": check.ok, **check.details} for name, check in checks.items()})
+        return web.json_response(body, status=200 if healthy else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        response = web.Response(body=self.bot.metrics.render())
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    # -- checks --
+
+    def discord_check(self) -> Check:
+        bot = self.bot
+        ws = getattr(bot, "ws", None)
+        connected = bot.is_ready() and not bot.is_closed() and ws is not None and ws.open
+        latency = bot.latency
+        details: dict[str, Any] = {"connected": connected}
+        if math.isfinite(latency):
+            details["latency_seconds"] = round(latency, 3)
+        return Check(connected, details)
+
+    def worker_check(self) -> Check:
+        dispatcher = getattr(self.bot, "dispatcher", None)
+        if dispatcher is None:
+            return Check(False, {"state": "not started"})
+        alive = dispatcher.worker_alive()
+        details: dict[str, Any] = {"alive": alive, "restarts": dispatcher.worker_restarts}
+        health = dispatcher.backend_health()
+        for name in ("state", "pid", "device", "failure"):
+            value = getattr(health, name, None)
+            if value is not None:
+                details[name] = value
+        if "state" not in details:
+            details["state"] = "ready" if alive else ("starting" if not dispatcher.backend_ready else "down")
+        return Check(alive, details)
+
+    async def database_check(self) -> Check:
+        store = getattr(self.bot, "store", None)
+        if store is None:
+            return Check(False, {"writable": False, "error": "the database is not open"})
+        if self._database_check is None or self._database_check.done():
+            self._database_check = asyncio.create_task(self._probe_database(store), name="bigsleep-health-database")
+        try:
+            # Shielded: a check that times out still finishes (and gives the write lock back) in the background.
+            await asyncio.wait_for(asyncio.shield(self._database_check), DATABASE_CHECK_TIMEOUT)
+        except TimeoutError:
+            return Check(False, {"writable": False, "error": f"no write lock within {DATABASE_CHECK_TIMEOUT:g} s"})
+        except (sqlite3.Error, OSError, ValueError) as error:  # ValueError: aiosqlite's closed connection
+            return Check(False, {"writable": False, "error": f"{type(error).__name__}: {error}"})
+        return Check(True, {"writable": True})
+
+    async def _probe_database(self, store: Any) -> None:
+        await store.check_writable()
+        # The write lock says nothing about the disk: a full or read-only file system fails here.
+        await asyncio.to_thread(_write_probe_file, Path(self.bot.settings.data_dir) / PROBE_FILE_NAME)
+
+
+def _write_probe_file(path: Path) -> None:
+    with open(path, "wb") as probe:
+        probe.write(b"ok\n")
+        probe.flush()
+        os.fsync(probe.fileno())
+
+
+__all__ = ["HealthServer", "HealthServerError"]

@@ -1,0 +1,283 @@
+"""What the rest of the bot asks moderation: the one admission check every new job passes (/imagine, Reroll,
+Variations), the limits and word list of a server, its running cap for the dispatcher, and every change a
+moderator makes, each written to the audit trail.
+
+Settings, word lists, blocks and overrides are read from the store once at start and kept in memory (changes
+go through here, so the copy stays true); usage for quotas is counted from the store at each check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bot.fair_queue import FairQueue
+from bot.moderation.quotas import (
+    DAY,
+    Override,
+    QuotaStatus,
+    effective_limits,
+    quota_status,
+    refusal,
+)
+from bot.moderation.store import (
+    BlockedMember,
+    GuildSettings,
+    ModAction,
+    ModerationStore,
+)
+from bot.moderation.wordfilter import BannedWords
+from bot.parsing import ServerLimits
+from generator.protocol import DreamSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Actor:
+    """The moderator doing something (for the audit trail)."""
+
+    id: int
+    name: str
+
+
+class Refused(Exception):
+    """The admission check said no; str() is the sentence for the member."""
+
+
+ActionListener = Callable[[ModAction], Awaitable[None]]
+
+
+class ModerationService:
+    def __init__(
+        self,
+        store: ModerationStore,
+        *,
+        base_limits: ServerLimits,
+        global_banned_words: Sequence[str] = (),
+        queue: FairQueue | None = None,
+        wake: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.store = store
+        self.base_limits = base_limits
+        self.global_banned_words = tuple(global_banned_words)
+        self.queue = queue
+        self.wake = wake
+        self.listeners: list[ActionListener] = []
+        self._settings: dict[int, GuildSettings] = {}
+        self._overrides: dict[int, list[Override]] = {}
+        self._allowed_channels: dict[int, set[int]] = {}
+        self._words: dict[int, list[str]] = {}
+        self._matchers: dict[int, BannedWords] = {}
+        self._blocked: dict[tuple[int, int], BlockedMember] = {}
+        # Role ids seen with each member's last job: the dispatcher's running cap needs them, and without the
+        # members intent the bot only learns roles from interactions. (After a restart, until the member
+        # interacts again, role overrides of their running cap are not known; member overrides are.)
+        self._roles_seen: dict[tuple[int, int], tuple[int, ...]] = {}
+        # One admission at a time per server: check and enqueue together, so two commands cannot both take
+        # the last job of a quota.
+        self._admission_locks: dict[int, asyncio.Lock] = {}
+
+    async def load(self) -> None:
+        self._settings = {s.guild_id: s for s in await self.store.all_settings()}
+        self._overrides = {}
+        for guild_id, override in await self.store.overrides():
+            self._overrides.setdefault(guild_id, []).append(override)
+        self._allowed_channels = await self.store.allowed_channels()
+        self._words = await self.store.banned_words()
+        self._matchers = {}
+        self._blocked = {(b.guild_id, b.user_id): b for b in await self.store.blocked_members()}
+        if self.queue is not None:
+            for settings in self._settings.values():
+                if settings.paused:
+                    self.queue.pause_guild(settings.guild_id)
+
+    # -- reading --
+
+    def settings(self, guild_id: int) -> GuildSettings:
+        return self._settings.get(guild_id) or GuildSettings(guild_id)
+
+    def paused_guilds(self) -> list[int]:
+        return [g for g, s in self._settings.items() if s.paused]
+
+    def overrides(self, guild_id: int) -> list[Override]:
+        return list(self._overrides.get(guild_id, []))
+
+    def allowed_channels(self, guild_id: int) -> set[int]:
+        return set(self._allowed_channels.get(guild_id, set()))
+
+    def banned_words(self, guild_id: int) -> list[str]:
+        return list(self._words.get(guild_id, []))
+
+    def blocked(self, guild_id: int, user_id: int) -> BlockedMember | None:
+        return self._blocked.get((guild_id, user_id))
+
+    def blocked_members(self, guild_id: int) -> list[BlockedMember]:
+        return [b for (g, _), b in self._blocked.items() if g == guild_id]
+
+    def spoiler_for(self, guild_id: int) -> bool:
+        return self.settings(guild_id).spoiler_by_default
+
+    def limits_for(self, guild_id: int) -> ServerLimits:
+        """The host's limits, narrowed by the server's own (a server can lower them, never raise them)."""
+        base, own = self.base_limits, self.settings(guild_id)
+        max_steps = min(own.max_steps or base.max_steps, base.max_steps)
+        max_size = min(own.max_size or base.max_size, base.max_size)
+        return ServerLimits(
+            max_steps=max_steps,
+            max_size=max_size,
+            default_steps=min(own.default_steps or base.default_steps, max_steps),
+            default_size=min(own.default_size or base.default_size, max_size),
+            max_prompt_chars=base.max_prompt_chars,
+            max_prompt_parts=base.max_prompt_parts,
+        )
+
+    def matcher_for(self, guild_id: int) -> BannedWords:
+        """The host's banned words and the server's together, in one matcher."""
+        matcher = self._matchers.get(guild_id)
+        if matcher is None:
+            matcher = self._matchers[guild_id] = BannedWords((*self.global_banned_words, *self._words.get(guild_id, [])))
+        return matcher
+
+    # -- quotas and admission --
+
+    async def quota_status(self, guild_id: int, user_id: int, role_ids: Collection[int]) -> QuotaStatus:
+        settings = self.settings(guild_id)
+        now = self.store.clock()
+        server_events = await self.store.usage_events(guild_id, since=now - DAY, now=now)
+        return quota_status(
+            member_id=user_id,
+            role_ids=role_ids,
+            rules=settings.rules,
+            overrides=self._overrides.get(guild_id, []),
+            budget=settings.budget,
+            member_events=[e for e in server_events if e.user_id == user_id],
+            server_events=server_events,
+            now=now,
+        )
+
+    def admission_lock(self, guild_id: int) -> asyncio.Lock:
+        lock = self._admission_locks.get(guild_id)
+        if lock is None:
+            lock = self._admission_locks[guild_id] = asyncio.Lock()
+        return lock
+
+    async def refusal(
+        self, *, guild_id: int, channel_id: int, user_id: int, role_ids: Collection[int], spec: DreamSpec
+    ) -> str | None:
+        """Why this member may not queue this job here, as a sentence for them; None when they may.
+        Hold `admission_lock(guild_id)` from this check until the job is stored."""
+        self._roles_seen[(guild_id, user_id)] = tuple(role_ids)
+        block = self.blocked(guild_id, user_id)
+        if block is not None:
+            because = f" Reason: {block.reason}" if block.reason else ""
+            return f"The moderators of this server have blocked you from using this bot here.{because}"
+        allowed = self._allowed_channels.get(guild_id)
+        if allowed and channel_id not in allowed:
+            where = ", ".join(f"<#{c}>" for c in sorted(allowed)[:10])
+            return f"Images can't be made in this channel on this server; try {where}."
+        offending = self.matcher_for(guild_id).find(spec.prompt)
+        if offending:
+            return f"Your prompt contains “{offending}”, which this server does not allow."
+        limits = self.limits_for(guild_id)
+        if spec.steps > limits.max_steps:
+            return f"This server allows at most {limits.max_steps} steps per image; this one would take {spec.steps}."
+        if spec.size > limits.max_size:
+            return f"This server allows images up to {limits.max_size} pixels; this one is {spec.size}."
+        return refusal(await self.quota_status(guild_id, user_id, role_ids))
+
+    def may_start(self, guild_id: int, user_id: int) -> bool:
+        """The dispatcher's per-server gate: is the member below this server's running cap?"""
+        if self.queue is None:
+            return True
+        settings = self._settings.get(guild_id)
+        overrides = self._overrides.get(guild_id)
+        if settings is None and not overrides:
+            return True
+        rules = settings.rules if settings is not None else GuildSettings(guild_id).rules
+        effective = effective_limits(rules, overrides or [], user_id, self._roles_seen.get((guild_id, user_id), ()))
+        cap = effective.limits.max_running
+        if effective.exempt or cap is None:
+            return True
+        return self.queue.running_in(guild_id, user_id) < cap
+
+    # -- changes (each one audited) --
+
+    async def record(self, guild_id: int, actor: Actor, action: str, target: str, before: Any, after: Any) -> ModAction:
+        entry = await self.store.record_action(guild_id, actor.id, actor.name, action, target, before, after)
+        for listener in list(self.listeners):
+            try:
+                await listener(entry)
+            except Exception:
+                log.exception("a listener of moderator actions failed")
+        return entry
+
+    async def update_settings(self, guild_id: int, actor: Actor, action: str, **changes: Any) -> ModAction:
+        before, after = await self.store.update_settings(guild_id, **changes)
+        self._settings[guild_id] = after
+        if self.queue is not None and before.paused != after.paused:
+            (self.queue.pause_guild if after.paused else self.queue.resume_guild)(guild_id)
+        self.wake()
+        return await self.record(
+            guild_id, actor, action, "server",
+            {k: v for k, v in before.as_dict().items() if k in changes},
+            {k: v for k, v in after.as_dict().items() if k in changes},
+        )
+
+    async def set_override(self, guild_id: int, actor: Actor, *, kind: str, target_id: int, target_name: str,
+                           override: Override | None) -> ModAction:
+        before = await self.store.set_override(guild_id, override, kind=kind, target_id=target_id)
+        kept = [o for o in self._overrides.get(guild_id, []) if not (o.target_kind == kind and o.target_id == target_id)]
+        self._overrides[guild_id] = kept + ([override] if override is not None else [])
+        self.wake()
+
+        def shown(o: Override | None) -> Any:
+            return None if o is None else ({"exempt": True} if o.exempt else dict(o.limits))
+
+        action = "quota.override.remove" if override is None else "quota.override"
+        return await self.record(guild_id, actor, action, f"{kind} {target_name} ({target_id})", shown(before), shown(override))
+
+    async def set_channel(self, guild_id: int, actor: Actor, channel_id: int, allowed: bool) -> ModAction | None:
+        before = sorted(self.allowed_channels(guild_id))
+        if not await self.store.set_channel_allowed(guild_id, channel_id, allowed):
+            return None
+        channels = self._allowed_channels.setdefault(guild_id, set())
+        (channels.add if allowed else channels.discard)(channel_id)
+        return await self.record(guild_id, actor, "channels.allow" if allowed else "channels.remove",
+                                 f"<#{channel_id}>", before, sorted(channels))
+
+    async def clear_channels(self, guild_id: int, actor: Actor) -> ModAction | None:
+        before = sorted(self.allowed_channels(guild_id))
+        if not before:
+            return None
+        await self.store.clear_allowed_channels(guild_id)
+        self._allowed_channels.pop(guild_id, None)
+        return await self.record(guild_id, actor, "channels.clear", "server", before, [])
+
+    async def change_words(self, guild_id: int, actor: Actor, *, add: Sequence[str] = (), remove: Sequence[str] = ()) -> tuple[list[str], ModAction | None]:
+        changed = await self.store.change_banned_words(guild_id, add=add, remove=remove)
+        if not changed:
+            return [], None
+        self._words = await self.store.banned_words()
+        self._matchers.pop(guild_id, None)
+        action = "words.add" if add else "words.remove"
+        # The audit trail keeps the changed words only: the full list may be long, and it is in the store.
+        entry = await self.record(guild_id, actor, action, f"{len(changed)} word(s)", None, changed)
+        return changed, entry
+
+    async def block(self, guild_id: int, actor: Actor, user_id: int, user_name: str, reason: str) -> ModAction:
+        block = BlockedMember(guild_id, user_id, reason, actor.id, self.store.clock())
+        before = await self.store.set_blocked(guild_id, user_id, block)
+        self._blocked[(guild_id, user_id)] = block
+        return await self.record(guild_id, actor, "block", f"{user_name} ({user_id})",
+                                 None if before is None else {"reason": before.reason}, {"reason": reason})
+
+    async def unblock(self, guild_id: int, actor: Actor, user_id: int, user_name: str) -> ModAction | None:
+        before = await self.store.set_blocked(guild_id, user_id, None)
+        self._blocked.pop((guild_id, user_id), None)
+        if before is None:
+            return None
+        return await self.record(guild_id, actor, "unblock", f"{user_name} ({user_id})", {"reason": before.reason}, None)

@@ -1,0 +1,297 @@
+"""/healthz and /metrics through a real HTTP client while the bot runs against the fake Discord, and the bot's
+log lines during a whole /imagine (JSON, job ids, no token)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import signal
+import sys
+from contextlib import contextmanager
+
+import aiohttp
+import pytest
+from e2e_helpers import imagine, wait_for_result
+from fakediscord import FakeDiscord
+from prometheus_client.parser import text_string_to_metric_families
+from test_entry_point import REPO_ROOT, bot_environment
+
+from bot.logs import CHATTY_LOGGERS, configure_logging
+
+HEALTH = {"enabled": True, "port": 0}
+
+
+async def get(bot, path: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{bot.health.port}{path}") as response:
+        return response.status, await response.text()
+
+
+async def healthz(bot) -> tuple[int, dict]:
+    status, text = await get(bot, "/healthz")
+    return status, json.loads(text)
+
+
+async def metrics(bot) -> dict[tuple[str, tuple], float]:
+    """Every sample as {(name, sorted labels): value}."""
+    status, text = await get(bot, "/metrics")
+    assert status == 200
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+# ---- /healthz ----------------------------------------------------------------------------------------------
+
+
+async def test_healthz_is_ok_when_discord_the_worker_and_the_database_are(fake_discord, world, start_bot):
+    bot = await start_bot(health=HEALTH)
+    assert bot.health.port and bot.health.port != 0
+
+    status, body = await healthz(bot)
+
+    assert status == 200, body
+    assert body["status"] == "ok"
+    assert body["discord"]["ok"] and body["discord"]["connected"]
+    assert body["worker"]["ok"] and body["worker"]["alive"] and body["worker"]["restarts"] == 0
+    assert body["database"] == {"ok": True, "writable": True}
+
+
+async def test_healthz_is_503_naming_the_worker_when_the_worker_is_down(fake_discord, world, start_bot, simulated):
+    bot = await start_bot(health=HEALTH)
+    await simulated.stop()
+
+    status, body = await healthz(bot)
+
+    assert status == 503
+    assert body["status"] == "unhealthy" and not body["worker"]["ok"] and not body["worker"]["alive"]
+    assert body["discord"]["ok"] and body["database"]["ok"]
+
+
+async def test_healthz_is_503_while_the_database_cannot_be_written_and_recovers(fake_discord, world, start_bot):
+    bot = await start_bot(health=HEALTH)
+    await bot.store.connection.execute("PRAGMA query_only = ON")
+
+    status, body = await healthz(bot)
+
+    assert status == 503 and not body["database"]["ok"]
+    assert "readonly" in body["database"]["error"], body
+    assert body["worker"]["ok"] and body["discord"]["ok"]
+
+    await bot.store.connection.execute("PRAGMA query_only = OFF")
+    status, body = await healthz(bot)
+    assert status == 200, body
+    # The probe left no transaction open: the bot still writes.
+    _, job_id = await imagine(fake_discord, world.channel, world.alice, "after the check")
+    await wait_for_result(fake_discord, world.channel, job_id)
+
+
+async def test_healthz_says_discord_is_down_while_the_gateway_reconnects(fake_discord, world, start_bot, discord_error_log):
+    discord_error_log.allow("Attempting a reconnect")
+    bot = await start_bot(health=HEALTH)
+    checkpoint = fake_discord.checkpoint()
+    await fake_discord.drop_gateway_connections()
+    await fake_discord.wait_for(lambda: not bot.ws.open, timeout=5)
+
+    # discord.py waits a moment before it reconnects: the check sees the gap.
+    down = bot.health.discord_check()
+    await fake_discord.wait_for_gateway("resumed", after=checkpoint, timeout=10)
+    await fake_discord.wait_for(lambda: bot.ws.open, timeout=5)
+    status, body = await healthz(bot)
+
+    assert not down.ok and down.details["connected"] is False
+    assert status == 200 and body["discord"]["connected"], body
+
+
+async def test_the_endpoint_is_off_unless_enabled(fake_discord, world, start_bot):
+    bot = await start_bot()
+    assert bot.health is None
+
+
+# ---- /metrics ----------------------------------------------------------------------------------------------
+
+
+async def test_metrics_show_queue_length_per_server_then_job_times_and_steps(fake_discord, world, start_bot, simulated):
+    bot = await start_bot(health=HEALTH, worker={"max_batch_size": 1})
+    simulated.hold()
+    _, first = await imagine(fake_discord, world.channels[0], world.alice, "running")
+    await asyncio.wait_for(simulated.wait_until_holding(1), 10)
+    waiting = [
+        (world.channels[0], world.alice, "a2"),
+        (world.channels[0], world.bob, "b1"),
+        (world.channels[1], world.carol, "c1"),
+    ]
+    job_ids = [first]
+    for channel, member, prompt in waiting:
+        response, job_id = await imagine(fake_discord, channel, member, prompt)
+        assert job_id, response.content
+        job_ids.append(job_id)
+    dreamers, painters = (str(guild.id) for guild in world.guilds[:2])
+
+    during = await metrics(bot)
+
+    assert during[("bigsleep_queue_length", (("guild", dreamers),))] == 2
+    assert during[("bigsleep_queue_length", (("guild", painters),))] == 1
+    assert not any(name == "bigsleep_queue_length" and labels[0][1] == str(world.guilds[2].id) for name, labels in during)
+    assert during[("bigsleep_jobs_running", ())] == 1
+    assert during[("bigsleep_jobs_queued_total", ())] == 4
+    assert during[("bigsleep_worker_up", ())] == 1
+
+    simulated.release()
+    for job_id, channel in zip(job_ids, [world.channels[0], world.channels[0], world.channels[0], world.channels[1]]):
+        await wait_for_result(fake_discord, channel, job_id)
+    after = await metrics(bot)
+
+    assert not any(name == "bigsleep_queue_length" for name, _ in after)
+    assert after[("bigsleep_jobs_running", ())] == 0
+    assert after[("bigsleep_job_wait_seconds_count", ())] == 4
+    assert after[("bigsleep_job_run_seconds_count", ())] == 4
+    assert after[("bigsleep_job_run_seconds_sum", ())] > 0
+    assert after[("bigsleep_jobs_finished_total", (("outcome", "done"),))] == 4
+    steps = sum(job.steps for job in [await bot.store.get(job_id) for job_id in job_ids])
+    assert after[("bigsleep_steps_total", ())] == steps
+    assert after[("bigsleep_steps_per_second", ())] == pytest.approx(steps / 60)
+    assert after[("bigsleep_worker_restarts_total", ())] == 0
+
+
+async def test_metrics_count_discord_api_errors_by_status_and_code(fake_discord: FakeDiscord, world, start_bot, simulated):
+    bot = await start_bot(health=HEALTH)
+    simulated.hold()
+    _, job_id = await imagine(fake_discord, world.channel, world.alice, "a message that will vanish")
+    await asyncio.wait_for(simulated.wait_until_holding(1), 10)
+    progress = await fake_discord.wait_for_message(world.channel, lambda m: "vanish" in m.content)
+    await bot.progress.idle()
+    # A deleted progress message answers the next edit with 404/10008; the next post meets one 429 first.
+    fake_discord.delete_message(world.channel, progress)
+    fake_discord.rate_limit_next(f"/channels/{world.channel.id}/messages", retry_after=0.05, method="POST")
+
+    simulated.release()
+    await wait_for_result(fake_discord, world.channel, job_id)
+    samples = await metrics(bot)
+
+    assert samples[("bigsleep_discord_api_errors_total", (("code", "10008"), ("status", "404")))] == 1
+    assert samples[("bigsleep_discord_api_errors_total", (("code", "0"), ("status", "429")))] == 1
+
+
+async def test_each_bot_has_its_own_registry(fake_discord, world, make_bot):
+    first, second = make_bot(), make_bot()
+    first.metrics.steps_done(5)
+    assert b"bigsleep_steps_total 5.0" in first.metrics.render()
+    assert b"bigsleep_steps_total 0.0" in second.metrics.render()
+
+
+# ---- logs --------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def logging_as_the_entry_point_sets_it_up(level: str, **options):
+    """bot.logs.configure_logging, as `python -m bot` calls it, undone afterwards (pytest's handlers come back)."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, sys.excepthook, {name: logging.getLogger(name).level for name in CHATTY_LOGGERS}
+    configure_logging(level, "json", **options)
+    try:
+        yield
+    finally:
+        root.handlers[:], level_before, sys.excepthook, chatty = saved
+        root.setLevel(level_before)
+        for name, chatty_level in chatty.items():
+            logging.getLogger(name).setLevel(chatty_level)
+
+
+async def test_log_lines_over_a_whole_imagine_are_json_name_the_job_and_never_hold_the_token(fake_discord, world, start_bot):
+    stream = io.StringIO()
+    with logging_as_the_entry_point_sets_it_up("DEBUG", secrets=[fake_discord.token], stream=stream):
+        bot = await start_bot()
+        _, job_id = await imagine(fake_discord, world.channel, world.alice, "a bowl of cherries")
+        await wait_for_result(fake_discord, world.channel, job_id)
+        await bot.progress.idle()
+
+    text = stream.getvalue()
+    assert fake_discord.token not in text
+    records = [json.loads(line) for line in text.splitlines()]
+    assert len(records) > 20  # discord.py's DEBUG lines included
+    # discord.py logs each request it makes with the bot's Authorization header unseen; interaction tokens in
+    # URLs are redacted.
+    job_lines = [record for record in records if job_id in record["message"] or record.get("job_id") == job_id]
+    assert {record["message"] for record in job_lines} >= {"job queued", "job started", "job done"}
+    assert all(record.get("job_id") == job_id for record in job_lines), [r for r in job_lines if "job_id" not in r]
+    done = next(record for record in job_lines if record["message"] == "job done")
+    assert done["outcome"] == "done" and done["ran_seconds"] > 0
+
+
+# ---- the real entry point ----------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(300)
+async def test_the_entry_point_serves_health_and_metrics_and_logs_json_without_the_token(fake_discord, world, tmp_path):
+    """`python -m bot` with the real (tiny) generation worker, DEBUG logs, and the endpoint on a free port."""
+    env = bot_environment(
+        fake_discord, tmp_path / "data",
+        BIGSLEEP_LOG_LEVEL="DEBUG", BIGSLEEP_HEALTH__ENABLED="true", BIGSLEEP_HEALTH__PORT="0",
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "--sync", cwd=REPO_ROOT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    lines: list[str] = []
+    new_line = asyncio.Condition()
+
+    async def read_output() -> None:
+        async for raw in process.stdout:
+            async with new_line:
+                lines.append(raw.decode(errors="replace").rstrip("\n"))
+                new_line.notify_all()
+
+    async def line_saying(text: str) -> dict:
+        async with new_line:
+            await asyncio.wait_for(new_line.wait_for(lambda: any(text in line for line in lines)), 120)
+            return json.loads(next(line for line in lines if text in line))
+
+    reader = asyncio.create_task(read_output())
+    try:
+        base = f"http://127.0.0.1:{(await line_saying('/healthz and /metrics'))['port']}"
+        async with aiohttp.ClientSession() as session:
+            # The worker loads its (tiny) models in the background; /healthz says 503 until then.
+            await line_saying("generation worker ready")
+            async with session.get(f"{base}/healthz") as response:
+                body = await response.json()
+                assert response.status == 200, body
+            assert body["worker"]["state"] == "ready" and body["worker"]["pid"] != process.pid
+            await fake_discord.wait_for(lambda: any(c["name"] == "imagine" for c in fake_discord.commands()), timeout=60)
+            _, job_id = await imagine(fake_discord, world.channel, world.alice, "a bowl of cherries", steps=2)
+            assert job_id
+            await wait_for_result(fake_discord, world.channel, job_id, timeout=180)
+            async with session.get(f"{base}/metrics") as response:
+                text = await response.text()
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(text) for s in family.samples}
+        assert samples[("bigsleep_jobs_finished_total", (("outcome", "done"),))] == 1
+        assert samples[("bigsleep_steps_total", ())] == 2
+        assert samples[("bigsleep_worker_up", ())] == 1
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.wait_for(process.wait(), 60)
+        except TimeoutError:
+            process.kill()
+            code = await process.wait()
+        await reader
+
+    output = "\n".join(lines)
+    assert code == 0, output
+    assert fake_discord.token not in output
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            pytest.fail(f"not a JSON line: {line!r}")
+    # The generation process writes JSON lines too.
+    assert any(record["logger"].startswith("bigsleep.worker") for record in records)
+    job_lines = [record for record in records if record.get("job_id") == job_id or job_id in record["message"]]
+    assert {"job queued", "job started", "job done"} <= {record["message"] for record in job_lines}
+    assert all(record.get("job_id") == job_id for record in job_lines if record["logger"].startswith("bot."))
