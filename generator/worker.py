@@ -266,7 +266,7 @@ class GenerationLoop:
         if isinstance(message, SubmitJob):
             job = HeldJob(message.request)
             if job.job_id in self.jobs:
-                log.warning("job %s submitted twice; ignoring the second", job.job_id)
+                log.warning("job %s submitted twice; ignoring the second", job.job_id, extra={"job_id": job.job_id})
                 return
             self.jobs[job.job_id] = job
             self.waiting[job.spec.size].append(job)
@@ -275,7 +275,7 @@ class GenerationLoop:
             if job is not None:
                 self.remove(job)
                 self.sender.send(JobCancelled(job.job_id))
-                log.info("job %s cancelled", job.job_id)
+                log.info("job %s cancelled", job.job_id, extra={"job_id": job.job_id})
         elif isinstance(message, StopWorker):
             self.stop_requested = True
         else:
@@ -360,13 +360,15 @@ class GenerationLoop:
             parked = batch[limit:]
             del batch[limit:]
             self.waiting[size].extendleft(reversed(parked))
-            log.warning("out of memory with %d jobs of %d px (%s); at most %d at a time for now", len(batch) + len(parked), size, error, limit)
+            log.warning("out of memory with %d jobs of %d px (%s); at most %d at a time for now", len(batch) + len(parked), size, error, limit,
+                        extra={"job_ids": [job.job_id for job in (*batch, *parked)]})
             return
         (job,) = batch
         if not job.fewer_cutouts_tried and job.dream.cutouts > 1:
             job.fewer_cutouts_tried = True
             job.dream.cutouts_override = job.dream.cutouts // 2
-            log.warning("out of memory with job %s alone (%s); retrying it with %d cutouts", job.job_id, error, job.dream.cutouts)
+            log.warning("out of memory with job %s alone (%s); retrying it with %d cutouts", job.job_id, error, job.dream.cutouts,
+                        extra={"job_id": job.job_id})
             return
         self.fail(job, OUT_OF_MEMORY, error)
 
@@ -375,7 +377,8 @@ class GenerationLoop:
         if len(batch) == 1:
             self.fail(batch[0], readable_reason(error), error)
             return
-        log.warning("a step of %d jobs failed (%s: %s); stepping them one at a time", len(batch), type(error).__name__, error)
+        log.warning("a step of %d jobs failed (%s: %s); stepping them one at a time", len(batch), type(error).__name__, error,
+                    extra={"job_ids": [job.job_id for job in batch]})
         size = batch[0].spec.size
         for job in list(batch):
             single_failure: Exception | None = None
@@ -424,13 +427,13 @@ class GenerationLoop:
         )
         self.remove(job)
         self.sender.send(result)
-        log.info("job %s done: %d steps in %.1f s", job.job_id, dream.step, result.wall_seconds)
+        log.info("job %s done: %d steps in %.1f s", job.job_id, dream.step, result.wall_seconds, extra={"job_id": job.job_id})
 
     def fail(self, job: HeldJob, reason: str, error: BaseException | None = None) -> None:
         if error is not None:
-            log.error("job %s failed", job.job_id, exc_info=error)
+            log.error("job %s failed", job.job_id, exc_info=error, extra={"job_id": job.job_id})
         else:
-            log.error("job %s failed: %s", job.job_id, reason)
+            log.error("job %s failed: %s", job.job_id, reason, extra={"job_id": job.job_id})
         self.remove(job)
         self.sender.send(JobFailed(job.job_id, reason))
 
