@@ -1,6 +1,6 @@
 """Prometheus metrics for one bot, in its own CollectorRegistry (several bots in one process never clash).
 
-What the bot counts as it happens (the dispatcher calls the JobMetrics methods; Discord's HTTP answers come
+What the bot counts as it happens (the dispatcher calls the `bot.dispatcher.JobMetrics` methods; Discord's HTTP answers come
 through an aiohttp trace on discord.py's session) and what is read at scrape time (queue lengths, jobs
 running, worker state), so no number here can drift from the thing it describes.
 
@@ -27,7 +27,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -44,34 +44,6 @@ WAIT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
 # From a 128 px preview on a fast GPU to a 5000-step 512 px dream on a CPU.
 RUN_BUCKETS = (5, 10, 20, 30, 60, 90, 120, 180, 300, 600, 1200, 1800, 3600, 7200)
 STEPS_WINDOW_SECONDS = 60.0
-
-
-class JobMetrics(Protocol):
-    """What the dispatcher reports (see bot.dispatcher)."""
-
-    def job_queued(self, job: Job) -> None: ...
-
-    def job_started(self, job: Job) -> None: ...
-
-    def job_finished(self, job: Job) -> None: ...
-
-    def steps_done(self, count: int) -> None: ...
-
-
-class NoMetrics:
-    """A JobMetrics that records nothing (tests and tools that build a Dispatcher by hand)."""
-
-    def job_queued(self, job: Job) -> None:
-        pass
-
-    def job_started(self, job: Job) -> None:
-        pass
-
-    def job_finished(self, job: Job) -> None:
-        pass
-
-    def steps_done(self, count: int) -> None:
-        pass
 
 
 class StepRate:
@@ -216,4 +188,4 @@ class _LiveState(Collector):
         return [queue_length, running, worker_up, restarts, steps_per_second, latency]
 
 
-__all__ = ["BotMetrics", "JobMetrics", "NoMetrics", "StepRate"]
+__all__ = ["BotMetrics", "StepRate"]

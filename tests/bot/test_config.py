@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from bot.settings import REPO_CONFIG_DIR, BotSettings, SettingsError, load_settings
+from bot.settings import (
+    REPO_CONFIG_DIR,
+    BotSettings,
+    DiscordConnection,
+    SettingsError,
+    load_settings,
+    unknown_environment_names,
+)
 
 DEFAULT_TOML = REPO_CONFIG_DIR / "default.toml"
 
@@ -146,3 +153,20 @@ def test_default_toml_documents_every_field_of_the_settings_with_its_real_defaul
             while above >= 0 and re.match(r"^[a-z_]+\s*=", lines[above]):
                 above -= 1
             assert above >= 0 and lines[above].startswith("#"), f"config/default.toml: {line.split('=')[0].strip()} has no comment"
+
+
+def test_the_token_comes_from_the_environment_only_and_never_shows(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISCORD_TOKEN", "secret-token-value")
+
+    connection = DiscordConnection.from_env()
+
+    assert connection.token is not None and connection.token.get_secret_value() == "secret-token-value"
+    assert "secret-token-value" not in repr(connection) and "secret-token-value" not in str(connection)
+    assert DiscordConnection.from_env({}).token is None
+
+
+def test_unknown_bigsleep_variables_are_reported() -> None:
+    environ = {"BIGSLEEP_MODLES": "tiny", "BIGSLEEP_MODELS": "tiny", "BIGSLEEP_QUEUE__MAX_QUEUED_PER_USER": "3",
+               "BIGSLEEP_CACHE_DIR": "/tmp", "HOME": "/root"}
+
+    assert unknown_environment_names(environ) == ["BIGSLEEP_MODLES"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
+import signal
 from typing import Any
 
 from fakediscord import FakeDiscord, FakeMessage
@@ -47,3 +49,14 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 def result_png(message: FakeMessage, job_id: str) -> bytes:
     return next(a.data for a in message.attachments if a.filename == f"{job_id}.png")
+
+
+async def stop_gracefully(process: asyncio.subprocess.Process, timeout: float = 60.0) -> int:
+    """SIGTERM (what a service manager sends), then the exit code; killed if it does not stop in time."""
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return await asyncio.wait_for(process.wait(), timeout)
+    except TimeoutError:
+        process.kill()
+        return await process.wait()

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.bot_load import LoadConfig, describe, measure_queue_ops, measure_store_ops, run_load, simulate_first_waits
+from benchmarks.bot_load import (
+    LoadConfig,
+    describe,
+    measure_queue_ops,
+    measure_store_ops,
+    run_load,
+    simulate_first_waits,
+)
 
 
 async def test_a_small_load_run_acknowledges_everything_and_reports(tmp_path: Path) -> None:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from e2e_helpers import imagine, png_size, result_png, wait_for_result
+from e2e_helpers import imagine, png_size, result_png, stop_gracefully, wait_for_result
 from fakediscord import FakeDiscord
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -57,13 +56,7 @@ async def test_the_entry_point_runs_against_a_discord_compatible_server_and_retu
         assert png_size(result_png(final, job_id)) == (128, 128)
         assert (tmp_path / "data" / "jobs.sqlite3").is_file()
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            code = await asyncio.wait_for(process.wait(), 60)
-        except TimeoutError:
-            process.kill()
-            code = await process.wait()
+        code = await stop_gracefully(process)
         log = (await output).decode(errors="replace")
     assert code == 0, log
     assert "Traceback" not in log, log

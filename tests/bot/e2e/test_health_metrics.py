@@ -7,13 +7,12 @@ import asyncio
 import io
 import json
 import logging
-import signal
 import sys
 from contextlib import contextmanager
 
 import aiohttp
 import pytest
-from e2e_helpers import imagine, wait_for_result
+from e2e_helpers import imagine, stop_gracefully, wait_for_result
 from fakediscord import FakeDiscord
 from prometheus_client.parser import text_string_to_metric_families
 from test_entry_point import REPO_ROOT, bot_environment
@@ -272,13 +271,7 @@ async def test_the_entry_point_serves_health_and_metrics_and_logs_json_without_t
         assert samples[("bigsleep_steps_total", ())] == 2
         assert samples[("bigsleep_worker_up", ())] == 1
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            code = await asyncio.wait_for(process.wait(), 60)
-        except TimeoutError:
-            process.kill()
-            code = await process.wait()
+        code = await stop_gracefully(process)
         await reader
 
     output = "\n".join(lines)
