@@ -23,7 +23,9 @@ differences within the noise of a shared machine). Through the worker on that ma
 --cutouts 8` gave 1267, 1425, 1429 and 1404 images/h at batch 1, 2, 4 and 8 (the small gain is per-job work,
 render and PNG, overlapping better), with the first progress after 2.6, 4.4, 8.8 and 18.0 s. Batching pays on a
 GPU, where one image's kernels leave most of the device idle and per-kernel launch costs dominate; there the
-target is batch 4 >= 2.5x batch 1.
+target is batch 4 >= 2.5x batch 1. On an NVIDIA H100 80GB HBM3 (torch 2.11.0+cu130, deterministic kernels on),
+`--device cuda --size 256 --cutouts 32 --steps 20 --jobs 16` gave 1795, 3796, 6786 and 9816 images/h at batch
+1, 2, 4 and 8 (batch 4 = 3.8x batch 1), the first progress after 0.14 to 0.32 s, and worker start 13-14 s.
 """
 
 from __future__ import annotations
