@@ -82,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
         DiscordConnection,
         SettingsError,
         load_settings,
-        unknown_environment_names,
     )
 
     connection = DiscordConnection.from_env()
@@ -100,8 +99,6 @@ def main(argv: list[str] | None = None) -> int:
 
     # The token goes to the redactor, so no line (a traceback with headers, say) can carry it.
     configure_logging(settings.log_level, settings.log_format, secrets=[connection.token.get_secret_value()])
-    for name in unknown_environment_names():
-        logging.getLogger("bot").warning("ignoring %s: no such setting (see config/default.toml)", name)
     point_discord_at(connection.api_base, connection.gateway_url)
 
     import discord

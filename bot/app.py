@@ -55,7 +55,8 @@ def generation_client_for(settings: BotSettings) -> GenerationBackend:
         hang_timeout_s=settings.worker.hang_timeout_seconds,
         startup_timeout_s=settings.worker.startup_timeout_seconds,
         log_level=settings.log_level,
-        log_formatter="bot.logs:JsonLineFormatter" if settings.log_format == "json" else None,
+        # The bot's own formatters, so the generation process's lines are shaped and redacted like the bot's.
+        log_formatter="bot.logs:JsonLineFormatter" if settings.log_format == "json" else "bot.logs:TextLineFormatter",
     )
     return GenerationClient(config)
 
@@ -147,6 +148,11 @@ class BigSleepBot(commands.Bot):
         )
         self.metrics.attach(self.dispatcher, self)
         self._started_services = True
+        if settings.health.enabled:
+            # Before the worker starts: a taken port stops the start at once, without loading models first,
+            # and /healthz answers (503, "starting") while they load.
+            self.health = HealthServer(self, settings.health)
+            await self.health.start()
         await self.add_cog(ImagineCog(self))
         await self.add_cog(JobsCog(self))
         await self.add_cog(ModerationCog(self))  # sets self.moderation; applies paused servers before dispatch
@@ -171,9 +177,6 @@ class BigSleepBot(commands.Bot):
             )
         log.info("%d job(s) waiting", len(queue))
         self.dispatcher.start()
-        if settings.health.enabled:
-            self.health = HealthServer(self, settings.health)
-            await self.health.start()
 
         if self._sync == "global":
             synced = await self.tree.sync()

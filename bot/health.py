@@ -1,6 +1,7 @@
 """The operations endpoint: `GET /healthz` and `GET /metrics` over plain HTTP (aiohttp), on localhost by default.
 
-/healthz answers 200 when all three hold, else 503, always with a JSON body saying what was checked:
+/healthz answers 200 when all three hold, else 503, always with a JSON body saying what was checked; its
+"status" is "ok", "starting" (only the first worker is still loading its models) or "unhealthy":
   discord    the gateway is connected and the bot is ready (with the heartbeat latency)
   worker     the generation worker is started and alive (a worker still loading its models counts as down)
   database   the job database can take its write lock, and the data folder accepts a file write
@@ -92,7 +93,7 @@ class HealthServer:
             "database": await self.database_check(),
         }
         healthy = all(check.ok for check in checks.values())
-        body = {"status": "ok" if healthy else "unhealthy"}
+        body = {"status": "ok" if healthy else ("starting" if _only_starting(checks) else "unhealthy")}
         body.update({name: {"ok": check.ok, **check.details} for name, check in checks.items()})
         return web.json_response(body, status=200 if healthy else 503)
 
@@ -147,6 +148,13 @@ class HealthServer:
         await store.check_writable()
         # The write lock says nothing about the disk: a full or read-only file system fails here.
         await asyncio.to_thread(_write_probe_file, Path(self.bot.settings.data_dir) / PROBE_FILE_NAME)
+
+
+def _only_starting(checks: dict[str, Check]) -> bool:
+    """Nothing is wrong but the first worker still loading its models (minutes, the first time: weights download):
+    still 503, since no job can run, but a monitor (or a person reading the body) can tell it from a fault."""
+    return all(check.ok or (name == "worker" and check.details.get("state") == "starting")
+               for name, check in checks.items())
 
 
 def _write_probe_file(path: Path) -> None:

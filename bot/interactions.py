@@ -48,7 +48,9 @@ async def queue_from_interaction(
     bot: BigSleepBot = interaction.client  # type: ignore[assignment]
     assert interaction.guild_id is not None and interaction.channel_id is not None
 
-    async def store_and_queue() -> tuple[Job, int | None, float | None]:
+    role_ids = [role.id for role in getattr(interaction.user, "roles", ())]
+
+    async def store_and_queue() -> tuple[Job, int | None, float | None, str | None]:
         # Every new job passes the server's rules here (blocks, channels, words, limits, quotas), and the
         # check and the enqueue happen under one lock so two commands cannot both take a last allowance.
         async with bot.moderation.admission_lock(interaction.guild_id):
@@ -56,7 +58,7 @@ async def queue_from_interaction(
                 guild_id=interaction.guild_id,
                 channel_id=interaction.channel_id,
                 user_id=interaction.user.id,
-                role_ids=[role.id for role in getattr(interaction.user, "roles", ())],
+                role_ids=role_ids,
                 spec=spec,
             )
             if refused:
@@ -73,18 +75,19 @@ async def queue_from_interaction(
             )
         position = bot.dispatcher.position(job.id)
         eta = bot.dispatcher.estimate_wait(position) if position is not None else None
-        return job, position, eta
+        allowance = await bot.moderation.allowance_note(job.guild_id, job.user_id, role_ids)
+        return job, position, eta, allowance
 
     work = asyncio.ensure_future(store_and_queue())
     deferred = False
     try:
         try:
-            job, position, eta = await asyncio.wait_for(asyncio.shield(work), ACKNOWLEDGE_WITHIN_SECONDS)
+            job, position, eta, allowance = await asyncio.wait_for(asyncio.shield(work), ACKNOWLEDGE_WITHIN_SECONDS)
         except TimeoutError:
             log.warning("queueing took over %.1f s; deferring the interaction", ACKNOWLEDGE_WITHIN_SECONDS)
             await interaction.response.defer(ephemeral=True, thinking=True)
             deferred = True
-            job, position, eta = await work
+            job, position, eta, allowance = await work
     except (QueueFull, Refused) as full:
         await _answer(interaction, str(full), deferred)
         return None
@@ -95,6 +98,8 @@ async def queue_from_interaction(
     reply = queued_reply(job, position, eta, unreachable=not reachable)
     if bot.moderation.settings(job.guild_id).paused:
         reply += " This server's moderators have paused its queue: your job waits until they resume it."
+    if allowance:
+        reply += f" {allowance}"
     await _answer(interaction, reply, deferred)
     bot.progress.announce(job)
     return job

@@ -6,8 +6,8 @@ never a secret.
   with `job_id`; an explicit `extra={"job_id": ...}` wins. The tag lives in a contextvar, so each job's task
   carries its own.
 - Secrets are removed from the finished line, after formatting, so nothing reaches the stream unredacted:
-  the token itself (exact value), anything shaped like a Discord bot token, and interaction/webhook tokens
-  in Discord URLs (discord.py logs request URLs at DEBUG).
+  the token itself (exact value), anything shaped like a Discord bot token, interaction tokens wherever they
+  appear, and webhook tokens in Discord URLs (discord.py logs request URLs at DEBUG).
 """
 
 from __future__ import annotations
@@ -28,8 +28,11 @@ LogFormat = Literal["json", "text"]
 REDACTED = "[REDACTED]"
 # A bot token: base64 of the bot's user id, a timestamp part and an HMAC part, separated by dots.
 _DISCORD_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{23,28}\.[A-Za-z0-9_-]{6,7}\.[A-Za-z0-9_-]{27,}")
-# Interaction and webhook tokens travel in the URL path: /webhooks/<application or webhook id>/<token>.
-_WEBHOOK_TOKEN_IN_PATH = re.compile(r"(/webhooks/\d+/)[A-Za-z0-9_.-]{20,}")
+# Interaction and webhook tokens travel in the URL path: /webhooks/<application or webhook id>/<token>, and
+# /interactions/<interaction id>/<token>/callback (discord.py logs both at DEBUG).
+_TOKEN_IN_PATH = re.compile(r"(/(?:webhooks|interactions)/\d+/)[A-Za-z0-9_.-]{20,}")
+# An interaction token anywhere (a gateway payload, say): it is base64 of "interaction:..." so it starts the same.
+_INTERACTION_TOKEN = re.compile(r"aW50ZXJhY3Rpb246[A-Za-z0-9_=-]*")
 # "Authorization: Bot <token>" as a header dump would show it.
 _AUTHORIZATION_VALUE = re.compile(r"(?i)(\bBot\s+)[A-Za-z0-9_.-]{20,}")
 
@@ -80,7 +83,8 @@ class SecretRedactor:
             if secret in text:
                 text = text.replace(secret, REDACTED)
         text = _DISCORD_TOKEN_SHAPE.sub(REDACTED, text)
-        text = _WEBHOOK_TOKEN_IN_PATH.sub(rf"\g<1>{REDACTED}", text)
+        text = _INTERACTION_TOKEN.sub(REDACTED, text)
+        text = _TOKEN_IN_PATH.sub(rf"\g<1>{REDACTED}", text)
         return _AUTHORIZATION_VALUE.sub(rf"\g<1>{REDACTED}", text)
 
 

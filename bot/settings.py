@@ -216,15 +216,18 @@ OTHER_ENVIRONMENT_NAMES = frozenset({"CONFIG_DIR", "CACHE_DIR", "OFFLINE", "WEIG
 
 
 def unknown_environment_names(environ: Mapping[str, str] | None = None) -> list[str]:
-    """BIGSLEEP_* variables nobody reads (a typo such as BIGSLEEP_MODLES would otherwise pass unnoticed).
-    Unknown keys inside a section (BIGSLEEP_QUEUE__X) already stop the start."""
+    """BIGSLEEP_* variables nobody reads: pydantic-settings skips them silently, so a typo such as BIGSLEEP_MODLES,
+    or a key under a setting that has none (BIGSLEEP_MODELS__X), would otherwise pass unnoticed. Unknown keys
+    inside a section (BIGSLEEP_QUEUE__X) are pydantic's to report. Names match case-insensitively, as settings do."""
     environ = os.environ if environ is None else environ
-    known = {name.upper() for name in BotSettings.model_fields} | OTHER_ENVIRONMENT_NAMES
+    sections = {name.upper() for name, field in BotSettings.model_fields.items()
+                if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)}
+    scalars = ({name.upper() for name in BotSettings.model_fields} - sections) | OTHER_ENVIRONMENT_NAMES
     unknown = []
     for name in environ:
-        if name.startswith(ENV_PREFIX):
-            key = name[len(ENV_PREFIX):].upper().split("__")[0]
-            if key not in known:
+        if name.upper().startswith(ENV_PREFIX):
+            key = name[len(ENV_PREFIX):].upper()
+            if key not in scalars and key.split("__")[0] not in sections:
                 unknown.append(name)
     return sorted(unknown)
 
@@ -259,12 +262,17 @@ def load_settings(config: Path | None = None, **overrides: Any) -> BotSettings:
     class _FromFiles(BotSettings):
         model_config = SettingsConfigDict(toml_file=files or None)
 
+    # An unknown variable stops the start like an unknown key in a file does, named along with any other mistake.
+    problems = [f"unknown setting '{name[len(ENV_PREFIX):].lower().replace('__', '.')}' (from {name})"
+                for name in unknown_environment_names()]
     try:
         loaded = _FromFiles(**overrides)
     except ValidationError as error:
-        raise SettingsError(describe_validation_error(error, files)) from None
+        problems.append(describe_validation_error(error, files))
     except ValueError as error:  # TOML that does not parse
-        raise SettingsError(f"cannot read {', '.join(map(str, files))}: {error}") from None
+        problems.append(f"cannot read {', '.join(map(str, files))}: {error}")
+    if problems:
+        raise SettingsError("\n".join(problems))
     return loaded
 
 

@@ -202,6 +202,13 @@ CREATE TABLE mod_actions (
 );
 CREATE INDEX mod_actions_by_guild ON mod_actions (guild_id, id);
 
+-- Jobs that no longer count against their member's quotas although they started (a moderator cancelled them).
+CREATE TABLE quota_refunds (
+    job_id      TEXT PRIMARY KEY REFERENCES jobs (id) ON DELETE CASCADE,
+    refunded_by INTEGER NOT NULL,
+    at          REAL NOT NULL
+);
+
 -- Quotas and /stats count a server's jobs by time.
 CREATE INDEX jobs_by_guild_created ON jobs (guild_id, created_at);
 """

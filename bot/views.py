@@ -115,12 +115,11 @@ def may_manage(interaction: discord.Interaction, job: Job) -> bool:
 
 
 async def audit_if_moderating(bot: BigSleepBot, interaction: discord.Interaction, job: Job, action: str, after: Any) -> None:
-    """A moderator acting on someone else's job goes into the server's audit trail (see /modlog)."""
+    """A moderator acting on someone else's job goes into the server's audit trail (see /modlog); a cancel
+    gives the member's allowance back."""
     if interaction.user.id == job.user_id:
         return
-    actor = Actor(interaction.user.id, interaction.user.display_name)
-    target = f"job {job.id} of {job.user_name or 'someone'} ({job.user_id})"
-    await bot.moderation.record(job.guild_id, actor, f"job.{action}", target, {"state": job.state}, after)
+    await bot.moderation.record_job_action(job, Actor(interaction.user.id, interaction.user.display_name), action, after)
 
 
 async def _reply(interaction: discord.Interaction, text: str) -> None:
@@ -190,17 +189,18 @@ async def _cancel(bot: BigSleepBot, interaction: discord.Interaction, job: Job) 
     except JobNotFound:
         await _reply(interaction, f"Job `{job.id}` no longer exists.")
         return
-    await _reply(interaction, f"Cancelled `{job.id}`.")
+    # Audited before the answer, so whatever the moderator does next already sees it in /modlog.
     await audit_if_moderating(bot, interaction, job, "cancel", {"state": "cancelled"})
+    await _reply(interaction, f"Cancelled `{job.id}`.")
 
 
 async def _delete(bot: BigSleepBot, interaction: discord.Interaction, job: Job) -> None:
     if not may_manage(interaction, job):
         await _reply(interaction, "Only the person who asked for this image (or a moderator) can delete it.")
         return
-    await _reply(interaction, f"Deleted the image of `{job.id}`.")
     await bot.store.delete_result(job.id, bot.files.data_dir)
     await audit_if_moderating(bot, interaction, job, "delete", {"image": "deleted"})
+    await _reply(interaction, f"Deleted the image of `{job.id}`.")
     if interaction.message is not None:
         try:
             await interaction.message.delete()

@@ -98,7 +98,7 @@ def _guarded(findings: list[Finding], topic: str, check: Callable[[], object]) -
 
 
 def _check_config(findings: list[Finding], config: Path | None, environ: Mapping[str, str]):
-    from bot.settings import BotSettings, SettingsError, config_files, load_settings, unknown_environment_names
+    from bot.settings import BotSettings, SettingsError, config_files, load_settings
 
     try:
         settings = load_settings(config)
@@ -106,7 +106,8 @@ def _check_config(findings: list[Finding], config: Path | None, environ: Mapping
         problems = str(error).splitlines()
         findings.append(Finding(
             "FAIL", "config", "the settings do not load: " + "; ".join(problems),
-            "correct or remove each key named (every key and its default is in config/default.toml); "
+            "correct or remove each key named, in the file or the BIGSLEEP_* variable shown (every key and its "
+            "default is in config/default.toml); "
             "the checks below use the defaults",
         ))
         settings = BotSettings.model_construct()  # the defaults, without reading the broken sources again
@@ -115,10 +116,6 @@ def _check_config(findings: list[Finding], config: Path | None, environ: Mapping
         overridden = sorted(name for name in environ if name.startswith("BIGSLEEP_"))
         from_env = f", and {len(overridden)} BIGSLEEP_* variable{'s' * (len(overridden) != 1)}" if overridden else ""
         findings.append(Finding("OK", "config", f"settings load from {files}{from_env}; models = {settings.models!r}"))
-    for name in unknown_environment_names(environ):
-        findings.append(Finding("WARN", "config", f"{name} is set but is no setting, so it is ignored",
-                                "check its spelling against config/default.toml (BIGSLEEP_<KEY>, "
-                                "BIGSLEEP_<SECTION>__<KEY>), or unset it"))
     return settings
 
 
@@ -263,7 +260,7 @@ def _check_data_dir(settings) -> list[Finding]:
     data_dir = Path(settings.data_dir).expanduser()
     shown = str(data_dir.resolve())
     fix_dir = ("set data_dir (config/local.toml or BIGSLEEP_DATA_DIR) to a folder the bot's user can write, or "
-               "give that user the folder (chown); in Docker, the /data volume must be writable by uid 1000")
+               "give that user the folder (chown); in Docker, the /data volume must be writable by uid 10001")
     if data_dir.exists() and not data_dir.is_dir():
         return [Finding("FAIL", "data dir", f"data_dir {shown} is a file, not a folder", fix_dir)]
     existing = data_dir

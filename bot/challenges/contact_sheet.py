@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 PADDING = 8
 MIN_TILE_PX = 32
@@ -104,8 +104,10 @@ def compose(tiles: Sequence[Tile], *, max_bytes: int, tile_px: int = 256) -> She
     """The largest, best-looking sheet of `tiles` whose JPEG is at most `max_bytes`."""
     if not tiles:
         raise ValueError("a contact sheet needs at least one tile")
-    pictures = [_open(tile.image) for tile in tiles]
     size = min(tile_px, _largest_tile_within(len(tiles), MAX_SHEET_SIDE))
+    # Tiles only get smaller from here, so each picture is kept at most tile-sized: a challenge with hundreds of
+    # entries must not hold hundreds of full-size images in memory.
+    pictures = [_open(tile.image, size) for tile in tiles]
     while True:
         geometry = Geometry(len(tiles), size)
         sheet = _draw(tiles, pictures, geometry)
@@ -126,14 +128,16 @@ def _largest_tile_within(count: int, side: int) -> int:
     return max(MIN_TILE_PX, min(widest, tallest))
 
 
-def _open(data: bytes | None) -> Image.Image | None:
+def _open(data: bytes | None, side: int) -> Image.Image | None:
     if not data:
         return None
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return image.convert("RGB")
+            picture = image.convert("RGB")
     except (UnidentifiedImageError, OSError):
         return None
+    picture.thumbnail((side, side), Image.Resampling.LANCZOS)
+    return picture
 
 
 def _draw(tiles: Sequence[Tile], pictures: Sequence[Image.Image | None], geometry: Geometry) -> Image.Image:
@@ -146,10 +150,9 @@ def _draw(tiles: Sequence[Tile], pictures: Sequence[Image.Image | None], geometr
             draw.rectangle((left, top, right - 1, bottom - 1), fill=(80, 80, 80))
             draw.text(((left + right) // 2, (top + bottom) // 2), "image missing", fill=_LABEL_TEXT, font=font, anchor="mm")
         else:
-            fitted = picture.copy()
-            fitted.thumbnail((geometry.tile_px, geometry.tile_px), Image.Resampling.LANCZOS)
+            # Scaled up or down to the tile: square images fill it, others are centred on it.
+            fitted = ImageOps.contain(picture, (geometry.tile_px, geometry.tile_px), Image.Resampling.LANCZOS)
             if fitted.size != (geometry.tile_px, geometry.tile_px):
-                # Square images fill the tile; others are centred on it.
                 fitted = _centred(fitted, geometry.tile_px)
             sheet.paste(fitted, (left, top))
         label_box = geometry.label_box(index)

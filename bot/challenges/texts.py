@@ -14,6 +14,9 @@ from bot.embeds import quoted_prompt, shorten
 
 _DESCRIPTION = 4000
 _FIELD_VALUE = 1024
+_CONTENT = 2000
+_PINGED_USERS = 100  # allowed_mentions.users takes at most 100 ids
+_AND_OTHERS = " and everyone else on the podium!"
 MEDALS = {1: "🥇", 2: "🥈", 3: "🥉"}
 
 
@@ -66,9 +69,11 @@ def entry_content(challenge: Challenge, entry: Entry) -> str:
     return f"**Entry #{entry.number}** by <@{entry.user_id}> for challenge #{challenge.id}: {theme_text(challenge, 300)}"
 
 
-def entry_embed(entry: Entry, attachment_name: str) -> discord.Embed:
+def entry_embed(entry: Entry, attachment_name: str | None) -> discord.Embed:
+    """`attachment_name` None: the image is not shown in the embed (a spoiler must stay a plain attachment)."""
     embed = discord.Embed(title=shorten(entry.prompt, 256), colour=discord.Colour.gold())
-    embed.set_image(url=f"attachment://{attachment_name}")
+    if attachment_name:
+        embed.set_image(url=f"attachment://{attachment_name}")
     embed.set_footer(text=f"Job {entry.job_id}")
     return embed
 
@@ -88,7 +93,10 @@ def standing_line(standing: Standing, *, show_counts: bool) -> str:
     return f"{place}#{entry.number} by <@{entry.user_id}>: {quoted_prompt(entry.prompt, 80)}"
 
 
-def results_embed(challenge: Challenge, standings: Sequence[Standing], guild_id: int, sheet_name: str | None) -> discord.Embed:
+def results_embed(
+    challenge: Challenge, standings: Sequence[Standing], guild_id: int, sheet_name: str | None, *, sheet_left_out: bool = False
+) -> discord.Embed:
+    """`sheet_name`: the contact sheet attached to show in the embed; `sheet_left_out`: it could not be posted."""
     embed = discord.Embed(
         title=shorten(f"Results of challenge #{challenge.id}: {challenge.theme}", 256), colour=discord.Colour.gold()
     )
@@ -112,7 +120,27 @@ def results_embed(challenge: Challenge, standings: Sequence[Standing], guild_id:
     embed.add_field(name="Votes", value=str(sum(standing.entry.votes for standing in standings)))
     if sheet_name:
         embed.set_image(url=f"attachment://{sheet_name}")
+    if sheet_left_out:
+        embed.set_footer(text="The contact sheet is too large to post here; /challenge show draws it again.")
     return embed
+
+
+def results_content(challenge: Challenge, standings: Sequence[Standing]) -> tuple[str, list[int]]:
+    """The results message's text and the podium members it pings (each once, in the order of their places).
+    A tie of many keeps within Discord's limits: 2000 characters and 100 pinged users per message."""
+    content = f"**Challenge #{challenge.id} has ended: {theme_text(challenge)}**"
+    winners = list(dict.fromkeys(standing.entry.user_id for standing in standings if standing.on_podium))  # type: ignore[attr-defined]
+    pinged: list[int] = []
+    line = "\nCongratulations"
+    for user_id in winners[:_PINGED_USERS]:
+        mention = f" <@{user_id}>"
+        if len(content) + len(line) + len(mention) + len(_AND_OTHERS) > _CONTENT:
+            break
+        line += mention
+        pinged.append(user_id)
+    if pinged:
+        content += line + (_AND_OTHERS if len(pinged) < len(winners) else "!")
+    return content, pinged
 
 
 def sheet_label(standing: Standing, *, show_counts: bool) -> str:
@@ -144,7 +172,7 @@ def show_embed(challenge: Challenge, standings: Sequence[Standing], *, now: floa
     if lines:
         embed.description = shorten("\n".join(lines), _DESCRIPTION)
     else:
-        embed.description = "No entries yet."
+        embed.description = "No entries yet." if challenge.state == "open" else "Nobody entered this challenge."
     if not show_counts:
         embed.set_footer(text="Vote counts are hidden until the challenge ends.")
     return embed
@@ -177,7 +205,11 @@ def leaderboard_embed(rows: Sequence[LeaderboardRow]) -> discord.Embed:
         embed.description = "No challenge has been won here yet."
         return embed
     lines = []
-    for position, row in enumerate(rows, start=1):
+    position, previous = 0, None
+    for index, row in enumerate(rows, start=1):
+        won = (row.wins, row.seconds, row.thirds)
+        if won != previous:  # equal medals share a position, as equal votes share a place
+            position, previous = index, won
         medals = f"🥇×{row.wins} 🥈×{row.seconds} 🥉×{row.thirds}"
         lines.append(f"{position}. <@{row.user_id}>: {row.wins} win{'' if row.wins == 1 else 's'} ({medals})")
     embed.description = shorten("\n".join(lines), _DESCRIPTION)

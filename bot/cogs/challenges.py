@@ -3,6 +3,9 @@ images and vote with buttons; at the deadline the results are posted with a cont
 
 Moderator subcommands (start, end, cancel) check Manage Server here: Discord's default_member_permissions is per
 top-level command, and every member must see /challenge for submit, withdraw, list, show and leaderboard.
+Taking out someone else's entry is content moderation, so it takes what deleting someone's image takes
+(`bot.views.is_moderator`) and goes into the audit trail. Members the moderators blocked neither enter nor vote,
+and a server that posts its images as spoilers gets its entries and contact sheets as spoilers too.
 
 One challenge runs per server at a time. Deadlines live in the database and are fired by
 `bot.challenges.scheduler.DeadlineScheduler`, so a deadline that passes while the bot is stopped ends the
@@ -37,9 +40,10 @@ from bot.challenges.store import (
     ChallengeStore,
     Entry,
 )
-from bot.embeds import NO_MENTIONS, shorten
+from bot.embeds import NO_MENTIONS, SPOILER_PREFIX, shorten
 from bot.store import Job
-from bot.views import result_extras
+from bot.moderation.service import Actor
+from bot.views import is_moderator, result_extras
 
 if TYPE_CHECKING:
     from bot.app import BigSleepBot
@@ -63,6 +67,11 @@ async def _reply(interaction: discord.Interaction, text: str, **kwargs: object) 
         await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS, **kwargs)  # type: ignore[arg-type]
     else:
         await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS, **kwargs)  # type: ignore[arg-type]
+
+
+def _shown_in_embed(attachment_name: str | None) -> str | None:
+    """The attachment an embed may show: none for a spoiler, which an embed would show unblurred."""
+    return None if attachment_name is None or attachment_name.startswith(SPOILER_PREFIX) else attachment_name
 
 
 class ChallengesCog(commands.Cog, name=COG_NAME):
@@ -234,7 +243,9 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
         typed = current.strip().lstrip("#").lower()
         choices = []
         for job in recent:
-            if job.state != "done" or not job.png_path or (typed and typed not in job.id and typed not in job.prompt.lower()):
+            if job.state != "done" or not job.png_path or job.guild_id != interaction.guild_id:
+                continue
+            if typed and typed not in job.id and typed not in job.prompt.lower():
                 continue
             choices.append(app_commands.Choice(name=shorten(f"{job.id} · {job.prompt}", 100), value=job.id))
             if len(choices) == _AUTOCOMPLETE_CHOICES:
@@ -246,13 +257,18 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
 
     async def _submit(self, interaction: discord.Interaction, job_id: str) -> None:
         assert interaction.guild_id is not None
+        if await self._refused_as_blocked(interaction):
+            return
         challenge = await self.store.running(interaction.guild_id)
         if challenge is None or not challenge.accepts_votes(self.clock()):
             await _reply(interaction, "No challenge is taking entries in this server right now.")
             return
-        job = await self.bot.store.get(job_id)
+        job = await self.bot.store.get(job_id.strip())
         if job is None or job.user_id != interaction.user.id:
             await _reply(interaction, f"You have no job `{shorten(job_id, 40)}`; only your own images can be entered.")
+            return
+        if job.guild_id != interaction.guild_id:
+            await _reply(interaction, f"Job `{job.id}` was made in another server; enter an image you made here.")
             return
         if job.state != "done":
             await _reply(interaction, f"Job `{job.id}` has no finished image to enter.")
@@ -295,11 +311,11 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
         )
 
     async def _post_entry(self, challenge: Challenge, entry: Entry, png: bytes) -> discord.Message:
-        name = f"entry-{entry.number}.png"
+        name = self._attachment_name(challenge.guild_id, f"entry-{entry.number}.png")
         channel = self.bot.get_partial_messageable(challenge.channel_id, guild_id=challenge.guild_id)
         return await channel.send(
             texts.entry_content(challenge, entry),
-            embed=texts.entry_embed(entry, name),
+            embed=texts.entry_embed(entry, _shown_in_embed(name)),
             file=discord.File(io.BytesIO(png), filename=name),
             view=entry_view(entry.id, None if challenge.counts_hidden else entry.votes),
             allowed_mentions=NO_MENTIONS,
@@ -325,8 +341,9 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
             target = mine[0]
         else:
             target = await self.store.entry_by_number(challenge.id, entry)
-            # A moderator may take out anyone's entry (for example one that breaks the server's rules).
-            if target is None or (target.user_id != interaction.user.id and not may_run_challenges(interaction)):
+            # A moderator may take out anyone's entry (one that breaks the server's rules), as they may delete
+            # anyone's image.
+            if target is None or (target.user_id != interaction.user.id and not is_moderator(interaction)):
                 await _reply(interaction, f"You have no entry #{entry} in the running challenge.")
                 return
         try:
@@ -336,6 +353,12 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
             return
         self._delete_copy(removed.image_path)
         await _reply(interaction, f"Withdrew entry #{removed.number}.")
+        if removed.user_id != interaction.user.id:
+            await self.bot.moderation.record(
+                challenge.guild_id, Actor(interaction.user.id, interaction.user.display_name), "challenge.withdraw",
+                f"entry #{removed.number} of challenge #{challenge.id} by {removed.user_name or 'someone'} "
+                f"({removed.user_id})", {"job": removed.job_id, "votes": removed.votes}, None,
+            )
         if removed.message_id is not None:
             channel = self.bot.get_partial_messageable(challenge.channel_id, guild_id=challenge.guild_id)
             try:
@@ -348,7 +371,7 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
         challenge = await self.store.running(interaction.guild_id or 0)
         if challenge is None:
             return []
-        if may_run_challenges(interaction):
+        if is_moderator(interaction):
             entries = await self.store.entries(challenge.id)
         else:
             entries = await self.store.entries_of(challenge.id, interaction.user.id)
@@ -359,6 +382,21 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
             if not typed or str(e.number).startswith(typed)
         ][:_AUTOCOMPLETE_CHOICES]
 
+    def _attachment_name(self, guild_id: int, name: str) -> str:
+        """Servers that post their images as spoilers get entries and contact sheets blurred too."""
+        return f"{SPOILER_PREFIX}{name}" if self.bot.moderation.spoiler_for(guild_id) else name
+
+    async def _refused_as_blocked(self, interaction: discord.Interaction) -> bool:
+        """A member the moderators blocked from the bot here neither enters nor votes (as they can't /imagine);
+        taking back their own entry or vote stays possible."""
+        assert interaction.guild_id is not None
+        block = self.bot.moderation.blocked(interaction.guild_id, interaction.user.id)
+        if block is None:
+            return False
+        because = f" Reason: {block.reason}" if block.reason else ""
+        await _reply(interaction, f"The moderators of this server have blocked you from using this bot here.{because}")
+        return True
+
     def _delete_copy(self, relative: str) -> None:
         try:
             self.bot.files.absolute(relative).unlink(missing_ok=True)
@@ -368,6 +406,8 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
     # ---- members: voting --------------------------------------------------------------------------------
 
     async def vote(self, interaction: discord.Interaction, entry_id: int) -> None:
+        if await self._refused_as_blocked(interaction):
+            return
         try:
             entry = await self.store.vote(entry_id, interaction.user.id)
         except AlreadyVoted as already:
@@ -438,8 +478,10 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
         await interaction.response.defer(ephemeral=True, thinking=True)
         sheet = await self._contact_sheet(challenge, standings, interaction.filesize_limit)
         if sheet is not None:
-            embed.set_image(url=f"attachment://{sheet.filename}")
-            await interaction.followup.send(embed=embed, file=discord.File(io.BytesIO(sheet.data), filename=sheet.filename),
+            name = self._attachment_name(challenge.guild_id, sheet.filename)
+            if _shown_in_embed(name):
+                embed.set_image(url=f"attachment://{name}")
+            await interaction.followup.send(embed=embed, file=discord.File(io.BytesIO(sheet.data), filename=name),
                                             ephemeral=True, allowed_mentions=NO_MENTIONS)
         else:
             await interaction.followup.send(embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS)
@@ -507,29 +549,41 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
         guild = self.bot.get_guild(challenge.guild_id)
         limit = challenge.upload_limit or (guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT)
         sheet = await self._contact_sheet(challenge, standings, limit) if standings else None
-        sheet_name = sheet.filename if sheet is not None else None
-        embed = texts.results_embed(challenge, standings, challenge.guild_id, sheet_name)
-        podium_users = {standing.entry.user_id for standing in standings if standing.on_podium}  # type: ignore[attr-defined]
-        mentions = " ".join(f"<@{user_id}>" for user_id in sorted(podium_users))
-        content = f"**Challenge #{challenge.id} has ended: {texts.theme_text(challenge)}**"
-        if mentions:
-            content += f"\nCongratulations {mentions}!"
         channel = self.bot.get_partial_messageable(challenge.channel_id, guild_id=challenge.guild_id)
-        kwargs: dict[str, object] = {"embed": embed}
-        if sheet is not None:
-            kwargs["file"] = discord.File(io.BytesIO(sheet.data), filename=sheet.filename)
         try:
-            message = await channel.send(
-                content,
-                # Winners are pinged; nothing else in the message can ping (themes and prompts are escaped).
-                allowed_mentions=discord.AllowedMentions(everyone=False, roles=False,
-                                                         users=[discord.Object(u) for u in sorted(podium_users)]),
-                **kwargs,  # type: ignore[arg-type]
-            )
+            try:
+                message = await self._send_results(channel, challenge, standings, sheet)
+            except discord.HTTPException as error:
+                if sheet is None or error.status != 413:
+                    raise
+                # The upload limit fell since /challenge start told it (a server's boosts ran out): the results
+                # go out without the sheet rather than never; /challenge show draws it to the limit of its day.
+                log.warning("challenge %s: the contact sheet is over the server's upload limit now", challenge.id)
+                message = await self._send_results(channel, challenge, standings, None)
         except _REFUSED_BY_CHANNEL as error:
             log.warning("challenge %s: its channel refuses the results (%s); archived without them", challenge.id, error.code)
             return None
         return message.id
+
+    async def _send_results(
+        self, channel: discord.PartialMessageable, challenge: Challenge, standings: list[Standing], sheet: Sheet | None
+    ) -> discord.Message:
+        content, winners = texts.results_content(challenge, standings)
+        kwargs: dict[str, object] = {}
+        sheet_name = None
+        if sheet is not None:
+            sheet_name = self._attachment_name(challenge.guild_id, sheet.filename)
+            kwargs["file"] = discord.File(io.BytesIO(sheet.data), filename=sheet_name)
+        embed = texts.results_embed(challenge, standings, challenge.guild_id, _shown_in_embed(sheet_name),
+                                    sheet_left_out=bool(standings) and sheet is None)
+        return await channel.send(
+            content,
+            embed=embed,
+            # Winners are pinged; nothing else in the message can ping (themes and prompts are escaped).
+            allowed_mentions=discord.AllowedMentions(everyone=False, roles=False,
+                                                     users=[discord.Object(u) for u in winners]),
+            **kwargs,  # type: ignore[arg-type]
+        )
 
     async def _close_entry_messages(self, challenge: Challenge, standings: list[Standing] | None) -> None:
         """Entry messages lose their Vote button; after results they show place and votes."""

@@ -86,8 +86,9 @@ class JobsCog(commands.Cog):
         except (NotCancellable, JobNotFound) as problem:
             await self._reply(interaction, str(problem))
             return
-        await self._reply(interaction, f"Cancelled `{cancelled.id}`.")
+        # Audited before the answer, so whatever the moderator does next already sees it in /modlog.
         await audit_if_moderating(self.bot, interaction, target, "cancel", {"state": cancelled.state})
+        await self._reply(interaction, f"Cancelled `{cancelled.id}`.")
 
     @cancel.autocomplete("job")
     async def _cancel_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:

@@ -28,7 +28,7 @@ from bot.moderation.quotas import (
     describe_window,
 )
 from bot.moderation.service import Actor, ModerationService
-from bot.moderation.stats import ServerStats, summarize
+from bot.moderation.stats import ServerStats, period_start, summarize
 from bot.moderation.store import ModAction, ModerationStore
 from bot.moderation.wordfilter import MAX_WORD_LENGTH, normalize_entry
 from bot.parsing import ServerLimits
@@ -43,6 +43,10 @@ MANAGE_SERVER = discord.Permissions(manage_guild=True)
 MAX_WORDS_PER_SERVER = 500
 MAX_QUOTA = 10_000
 MODLOG_LENGTH = 15
+_MODLOG_DESCRIPTION_LIMIT = 4096
+_STATS_DAYS_SHOWN = 14
+# The families of moderator actions (the part before the dot of `quota.rules`, `job.cancel`, ...).
+MODLOG_ACTION_FAMILIES = ("settings", "queue", "quota", "words", "channels", "block", "unblock", "job")
 # "0" in a limit option: no limit (quotas) or the bot's default (steps, sizes).
 _NO_LIMIT_HELP = "0 = no limit"
 _SIZE_CHOICES = [app_commands.Choice(name="the bot's default", value=0)] + [
@@ -50,10 +54,14 @@ _SIZE_CHOICES = [app_commands.Choice(name="the bot's default", value=0)] + [
 ]
 
 
+def _is_manager(interaction: discord.Interaction) -> bool:
+    permissions = interaction.permissions
+    return bool(permissions.manage_guild or permissions.administrator)
+
+
 def _require_manager(interaction: discord.Interaction) -> None:
     """The bot's own check behind Discord's: Manage Server (or Administrator) in this server."""
-    permissions = interaction.permissions
-    if not (permissions.manage_guild or permissions.administrator):
+    if not _is_manager(interaction):
         raise app_commands.MissingPermissions(["manage_guild"])
 
 
@@ -93,7 +101,7 @@ def settings_embed(service: ModerationService, guild_id: int) -> discord.Embed:
     embed = discord.Embed(title="Server settings", colour=discord.Colour.dark_gold())
     embed.add_field(name="Queue", value="⏸️ paused" if settings.paused else "running")
     channels = service.allowed_channels(guild_id)
-    embed.add_field(name="/imagine allowed in", value=", ".join(f"<#{c}>" for c in sorted(channels)) or "every channel")
+    embed.add_field(name="/imagine allowed in", value=fit_list([f"<#{c}>" for c in sorted(channels)]) or "every channel")
     embed.add_field(name="Spoiler by default", value=_show(settings.spoiler_by_default))
     embed.add_field(name="Steps", value=f"default {limits.default_steps}, at most {limits.max_steps}")
     embed.add_field(name="Size", value=f"default {limits.default_size} px, at most {limits.max_size} px")
@@ -111,12 +119,27 @@ def settings_embed(service: ModerationService, guild_id: int) -> discord.Embed:
     )
     overrides = service.overrides(guild_id)
     if overrides:
-        embed.add_field(name="Quota overrides", value=embeds.shorten("\n".join(_override_line(o) for o in overrides), 1024), inline=False)
+        embed.add_field(name="Quota overrides", value=fit_list([_override_line(o) for o in overrides], "\n"), inline=False)
     words = service.banned_words(guild_id)
     embed.add_field(name="Banned words", value=f"{len(words)} (see `/settings words list`)")
     blocked = service.blocked_members(guild_id)
-    embed.add_field(name="Blocked members", value=", ".join(f"<@{b.user_id}>" for b in blocked[:20]) or "none")
+    embed.add_field(name="Blocked members", value=fit_list([f"<@{b.user_id}>" for b in blocked]) or "none")
     return embed
+
+
+def fit_list(items: list[str], separator: str = ", ", *, limit: int = 1024) -> str:
+    """As many whole items as fit in `limit` characters (an embed field's), then how many more there are."""
+    count = length = 0
+    while count < len(items) and length + len(separator) * bool(count) + len(items[count]) <= limit:
+        length += len(separator) * bool(count) + len(items[count])
+        count += 1
+    while True:
+        text, rest = separator.join(items[:count]), len(items) - count
+        if rest:
+            text += f"{separator if count else ''}and {rest} more"
+        if len(text) <= limit:
+            return text
+        count -= 1
 
 
 def _override_line(override: Override) -> str:
@@ -137,6 +160,27 @@ def action_embed(entry: ModAction) -> discord.Embed:
     embed.add_field(name="On", value=embeds.shorten(entry.target or "-", 1024))
     embed.add_field(name="Before", value=embeds.shorten(_describe_change(entry.before), 1024), inline=False)
     embed.add_field(name="After", value=embeds.shorten(_describe_change(entry.after), 1024), inline=False)
+    return embed
+
+
+def modlog_embed(entries: list[ModAction], *, page: int, more: bool) -> discord.Embed:
+    """One page of the audit trail. Every entry gets an equal share of the description's 4096 characters, so a
+    long one is cut short rather than pushing the others off the page."""
+    embed = discord.Embed(title="Moderator actions", colour=discord.Colour.dark_orange())
+    if not entries:
+        embed.description = "None yet." if page == 1 else f"No actions on page {page}; there are fewer."
+        return embed
+    share = _MODLOG_DESCRIPTION_LIMIT // len(entries) - 1
+    lines = []
+    for entry in entries:
+        change = embeds.shorten(f"{_describe_change(entry.before)} → {_describe_change(entry.after)}", 300)
+        line = f"<t:{int(entry.at)}:f> <@{entry.moderator_id}> **{entry.action}** {embeds.shorten(entry.target, 150)}: {change}"
+        lines.append(embeds.shorten(line, share))
+    embed.description = "\n".join(lines)
+    footer = f"Page {page}"
+    if more:
+        footer += f" · older: /modlog page:{page + 1}"
+    embed.set_footer(text=footer)
     return embed
 
 
@@ -175,7 +219,8 @@ def quota_embed(status: QuotaStatus, member: discord.abc.User, *, own: bool) -> 
 
 
 def stats_embed(stats: ServerStats) -> discord.Embed:
-    embed = discord.Embed(title=f"Usage over the last {stats.days} day(s)", colour=discord.Colour.blurple())
+    period = "today (UTC)" if stats.days == 1 else f"the last {stats.days} days (UTC, today included)"
+    embed = discord.Embed(title=f"Usage {period}", colour=discord.Colour.blurple())
     embed.add_field(name="Jobs", value=str(stats.jobs))
     embed.add_field(name="GPU time", value=embeds.describe_seconds(stats.gpu_seconds))
     rate = stats.failure_rate
@@ -183,8 +228,10 @@ def stats_embed(stats: ServerStats) -> discord.Embed:
     embed.add_field(name="Queue wait p50", value=embeds.describe_seconds(stats.wait_p50))
     embed.add_field(name="Queue wait p95", value=embeds.describe_seconds(stats.wait_p95))
     embed.add_field(name="Cancelled", value=str(stats.cancelled))
-    per_day = "\n".join(f"{day.isoformat()}: {count}" for day, count in stats.per_day[-14:])
-    embed.add_field(name="Jobs per day (UTC)", value=per_day or "-", inline=False)
+    shown_days = stats.per_day[-_STATS_DAYS_SHOWN:]
+    per_day = "\n".join(f"{day.isoformat()}: {count}" for day, count in shown_days)
+    latest = "" if len(shown_days) == len(stats.per_day) else f", latest {len(shown_days)}"
+    embed.add_field(name=f"Jobs per day (UTC{latest})", value=per_day or "-", inline=False)
     top = "\n".join(f"<@{user}> {count}" for user, _, count in stats.top_users)
     embed.add_field(name="Top members", value=top or "-", inline=False)
     return embed
@@ -212,8 +259,10 @@ class QuotaCommands(app_commands.Group):
     async def show(self, interaction: discord.Interaction, member: discord.Member | None = None) -> None:
         target = member or interaction.user
         own = target.id == interaction.user.id
-        if not own:
-            _require_manager(interaction)
+        if not own and not _is_manager(interaction):
+            await _reply(interaction, "Only moderators (Manage Server) can see another member's allowance; "
+                                      "leave out `member` to see yours.")
+            return
         roles = [role.id for role in getattr(target, "roles", ())]
         status = await self.cog.service.quota_status(interaction.guild_id, target.id, roles)  # type: ignore[arg-type]
         await _reply(interaction, embed=quota_embed(status, target, own=own))
@@ -347,7 +396,17 @@ class SettingsCommands(_ModeratorGroup):
         if member.bot:
             await _reply(interaction, "Bots can't use the bot anyway; nothing to block.")
             return
-        await self.service.block(interaction.guild_id, _actor(interaction), member.id, member.display_name, reason.strip())  # type: ignore[arg-type]
+        guild_id = interaction.guild_id
+        assert guild_id is not None
+        reason = reason.strip()
+        already = self.service.blocked(guild_id, member.id)
+        if already is not None and already.reason == reason:
+            await _reply(interaction, f"<@{member.id}> is already blocked here; nothing changed.")
+            return
+        await self.service.block(guild_id, _actor(interaction), member.id, member.display_name, reason)
+        if already is not None:
+            await _reply(interaction, f"<@{member.id}> was already blocked; the reason is updated.")
+            return
         await _reply(interaction, f"Blocked <@{member.id}> from making images here. Their queued jobs stay; cancel them with /cancel if needed.")
 
     @app_commands.command(name="unblock", description="Let a blocked member use the bot again")
@@ -396,8 +455,9 @@ class SettingsCommands(_ModeratorGroup):
     @words.command(name="list", description="This server's banned words")
     async def words_list(self, interaction: discord.Interaction) -> None:
         words = self.service.banned_words(interaction.guild_id)  # type: ignore[arg-type]
-        text = ", ".join(f"||{discord.utils.escape_markdown(w)}||" for w in words)
-        await _reply(interaction, embeds.shorten(f"Banned words ({len(words)}): {text}", 1900) if words else "No banned words.")
+        # Whole items only: a spoiler cut in half would show the rest of the word in the clear.
+        text = fit_list([f"||{discord.utils.escape_markdown(w)}||" for w in words], limit=1900)
+        await _reply(interaction, f"Banned words ({len(words)}): {text}" if words else "No banned words.")
 
     @words.command(name="test", description="Would this prompt be refused here?")
     async def words_test(self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, 1000]) -> None:
@@ -534,23 +594,24 @@ class ModerationCog(commands.Cog):
     @app_commands.command(name="modlog", description="Moderators: recent moderator actions on this server")
     @app_commands.guild_only()
     @app_commands.default_permissions(manage_guild=True)
-    @app_commands.describe(moderator="Only this moderator's actions", action="Only actions starting with this (e.g. quota, block)")
-    async def modlog(self, interaction: discord.Interaction, moderator: discord.Member | None = None, action: str | None = None) -> None:
+    @app_commands.describe(
+        moderator="Only this moderator's actions", action="Only this kind of action", page="1 is the newest"
+    )
+    @app_commands.choices(action=[app_commands.Choice(name=name, value=name) for name in MODLOG_ACTION_FAMILIES])
+    async def modlog(
+        self,
+        interaction: discord.Interaction,
+        moderator: discord.Member | None = None,
+        action: str | None = None,
+        page: app_commands.Range[int, 1, 10_000] = 1,
+    ) -> None:
         _require_manager(interaction)
+        # One more than a page, to know whether an older page exists.
         entries = await self.service.store.actions(
-            interaction.guild_id, limit=MODLOG_LENGTH, moderator_id=moderator.id if moderator else None,  # type: ignore[arg-type]
-            action=action.strip().lower() if action else None,
+            interaction.guild_id, limit=MODLOG_LENGTH + 1, offset=(page - 1) * MODLOG_LENGTH,  # type: ignore[arg-type]
+            moderator_id=moderator.id if moderator else None, action=action,
         )
-        embed = discord.Embed(title="Moderator actions", colour=discord.Colour.dark_orange())
-        if not entries:
-            embed.description = "None yet."
-        lines = []
-        for entry in entries:
-            change = f"{_describe_change(entry.before)} → {_describe_change(entry.after)}"
-            lines.append(f"<t:{int(entry.at)}:f> <@{entry.moderator_id}> **{entry.action}** {entry.target}: {embeds.shorten(change, 150)}")
-        if lines:
-            embed.description = embeds.shorten("\n".join(lines), 4000)
-        await _reply(interaction, embed=embed)
+        await _reply(interaction, embed=modlog_embed(entries[:MODLOG_LENGTH], page=page, more=len(entries) > MODLOG_LENGTH))
 
     @app_commands.command(name="stats", description="Moderators: this server's usage")
     @app_commands.guild_only()
@@ -559,7 +620,7 @@ class ModerationCog(commands.Cog):
     async def stats(self, interaction: discord.Interaction, days: app_commands.Range[int, 1, 90] = 7) -> None:
         _require_manager(interaction)
         now = self.service.store.clock()
-        rows = await self.service.store.stats_rows(interaction.guild_id, since=now - days * 86400)  # type: ignore[arg-type]
+        rows = await self.service.store.stats_rows(interaction.guild_id, since=period_start(now, days))  # type: ignore[arg-type]
         await _reply(interaction, embed=stats_embed(summarize(rows, now=now, days=days)))
 
 

@@ -8,8 +8,9 @@ oldest job that still counts leaves the window, giving back one job (for a budge
 old work has left the window to be under the budget again).
 
 Which jobs count is decided by the store (see ModerationStore.usage_events): jobs queued, running, done, or
-cancelled after they started. A job cancelled before it started, or one that failed (a generator problem, not
-the member's doing), gives its allowance back.
+cancelled by their member after they started. A job cancelled before it started, one that failed (a generator
+problem, not the member's doing), or one a moderator cancelled gives its allowance back; the GPU time a
+started job used still counts against the server's GPU budget, since the GPU did the work.
 
 Overrides, for one member or one role, replace the server's value of each limit they set (to more, less, or
 no limit); limits they leave unset stay the server's. Precedence: a member's own override beats their roles'
@@ -168,6 +169,8 @@ class UsageEvent:
     gpu_seconds: float = 0.0
     # When its GPU time was spent (its end, or its start while it runs): the budget's window uses this.
     spent_at: float | None = None
+    # False for a job given back (a moderator cancelled it): only its GPU time counts.
+    counts_as_job: bool = True
 
 
 @dataclass(frozen=True)
@@ -199,13 +202,13 @@ def quota_status(
     `server_events`: everyone's in this server."""
     effective = effective_limits(rules, overrides, member_id, role_ids)
     limits = effective.limits
-    created = [e.created_at for e in member_events]
+    created = [e.created_at for e in member_events if e.counts_as_job]
     day = None if limits.per_day is None else count_in_window(created, limit=limits.per_day, window=DAY, now=now)
     hour = None if limits.per_hour is None else count_in_window(created, limit=limits.per_hour, window=HOUR, now=now)
     server_jobs = None
     if budget.jobs_per_day is not None:
         server_jobs = count_in_window(
-            [e.created_at for e in server_events], limit=budget.jobs_per_day, window=DAY, now=now
+            [e.created_at for e in server_events if e.counts_as_job], limit=budget.jobs_per_day, window=DAY, now=now
         )
     server_gpu = None
     if budget.gpu_minutes_per_day is not None:
@@ -254,10 +257,11 @@ def refusal(status: QuotaStatus) -> str | None:
                 f"You already have {status.queued} job(s) waiting on this server (the limit is {limits.max_queued}). "
                 "Wait for one to start or /cancel one."
             )
-    for usage, what in ((status.server_jobs, "jobs"), (status.server_gpu, "GPU time")):
+    for usage, what in ((status.server_jobs, "jobs"), (status.server_gpu, "GPU minutes")):
         if usage is not None and usage.exhausted:
             when = f"; more frees up in {describe_duration(usage.frees_at - now)}" if usage.frees_at else ""
-            return f"This server has used its daily budget of {what}{when}."
+            spent = f"{_number(usage.used)} of {_number(usage.limit)} {what} in the last 24 hours"
+            return f"This server has used its whole budget ({spent}){when}."
     return None
 
 

@@ -19,6 +19,7 @@ from bot.moderation.quotas import (
     DAY,
     Override,
     QuotaStatus,
+    describe_window,
     effective_limits,
     quota_status,
     refusal,
@@ -31,6 +32,7 @@ from bot.moderation.store import (
 )
 from bot.moderation.wordfilter import BannedWords
 from bot.parsing import ServerLimits
+from bot.store import Job
 from generator.protocol import DreamSpec
 
 log = logging.getLogger(__name__)
@@ -189,6 +191,18 @@ class ModerationService:
             return f"This server allows images up to {limits.max_size} pixels; this one is {spec.size}."
         return refusal(await self.quota_status(guild_id, user_id, role_ids))
 
+    async def allowance_note(self, guild_id: int, user_id: int, role_ids: Collection[int]) -> str | None:
+        """After a job was queued: what is left of the member's tightest job window, as one sentence
+        ("You have 3 of 20 left in the last 24 h, oldest one back in 4 h."); None when no window limits them."""
+        effective = effective_limits(self.settings(guild_id).rules, self._overrides.get(guild_id, []), user_id, role_ids)
+        if effective.exempt or (effective.limits.per_day is None and effective.limits.per_hour is None):
+            return None
+        status = await self.quota_status(guild_id, user_id, role_ids)
+        windows = [(usage, what) for usage, what in ((status.hour, "in the last hour"), (status.day, "in the last 24 h"))
+                   if usage is not None]
+        usage, what = min(windows, key=lambda window: window[0].remaining)
+        return f"You have {describe_window(usage, what, status.now)}."
+
     def may_start(self, guild_id: int, user_id: int) -> bool:
         """The dispatcher's per-server gate: is the member below this server's running cap?"""
         if self.queue is None:
@@ -214,6 +228,14 @@ class ModerationService:
             except Exception:
                 log.exception("a listener of moderator actions failed")
         return entry
+
+    async def record_job_action(self, job: Job, actor: Actor, action: str, after: Any) -> ModAction:
+        """A moderator acted on someone else's job. A cancelled job is given back to its member's quotas:
+        stopping it was the moderator's decision, not the member's use."""
+        if action == "cancel":
+            await self.store.refund(job.id, actor.id)
+        target = f"job {job.id} of {job.user_name or 'someone'} ({job.user_id})"
+        return await self.record(job.guild_id, actor, f"job.{action}", target, {"state": job.state}, after)
 
     async def update_settings(self, guild_id: int, actor: Actor, action: str, **changes: Any) -> ModAction:
         before, after = await self.store.update_settings(guild_id, **changes)

@@ -49,9 +49,20 @@ class ServerStats:
         return self.failed / ended if ended else None
 
 
+def _first_day(now: float, days: int) -> datetime.date:
+    return datetime.datetime.fromtimestamp(now, datetime.UTC).date() - datetime.timedelta(days=days - 1)
+
+
+def period_start(now: float, days: int) -> float:
+    """Midnight UTC starting the first of the last `days` calendar days (today included): the rows to
+    summarize are those made since then, so the jobs per day add up to the total."""
+    first = _first_day(now, days)
+    return datetime.datetime(first.year, first.month, first.day, tzinfo=datetime.UTC).timestamp()
+
+
 def summarize(rows: Sequence[StatsRow], *, now: float, days: int, top: int = 5) -> ServerStats:
-    today = datetime.datetime.fromtimestamp(now, datetime.UTC).date()
-    first = today - datetime.timedelta(days=days - 1)
+    """`rows`: the server's jobs made since period_start(now, days)."""
+    first = _first_day(now, days)
     per_day_counts: Counter[datetime.date] = Counter()
     users: Counter[int] = Counter()
     names: dict[int, str] = {}

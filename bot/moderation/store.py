@@ -271,9 +271,10 @@ class ModerationStore:
         return ModAction(int(action_id or 0), guild_id, moderator_id, moderator_name, action, target, before, after, at)
 
     async def actions(
-        self, guild_id: int, *, limit: int = 15, moderator_id: int | None = None, action: str | None = None
+        self, guild_id: int, *, limit: int = 15, offset: int = 0, moderator_id: int | None = None,
+        action: str | None = None,
     ) -> list[ModAction]:
-        """Newest first."""
+        """Newest first; `action` is an action or a family of them ("quota": quota.rules, quota.override, ...)."""
         query = ("SELECT id, guild_id, moderator_id, moderator_name, action, target, before_json, after_json, at "
                  "FROM mod_actions WHERE guild_id = ?")
         params: list[Any] = [guild_id]
@@ -281,10 +282,10 @@ class ModerationStore:
             query += " AND moderator_id = ?"
             params.append(moderator_id)
         if action is not None:
-            query += " AND action LIKE ?"
-            params.append(f"{action}%")
+            query += " AND (action = ? OR action LIKE ?)"
+            params += [action, f"{action}.%"]
         async with self._jobs.reading() as db:
-            async with db.execute(query + " ORDER BY id DESC LIMIT ?", (*params, limit)) as cursor:
+            async with db.execute(query + " ORDER BY id DESC LIMIT ? OFFSET ?", (*params, limit, offset)) as cursor:
                 rows = await cursor.fetchall()
         return [
             ModAction(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]) if r[6] else None,
@@ -298,7 +299,8 @@ class ModerationStore:
         """Jobs that count against quotas (see bot.moderation.quotas): made since `since`, or GPU time spent
         since then, or still waiting or running."""
         query = (
-            "SELECT user_id, created_at, state, started_at, finished_at, wall_seconds FROM jobs "
+            "SELECT user_id, created_at, state, started_at, finished_at, wall_seconds, "
+            "quota_refunds.job_id IS NOT NULL FROM jobs LEFT JOIN quota_refunds ON quota_refunds.job_id = jobs.id "
             "WHERE guild_id = ? AND (created_at > ? OR finished_at > ? OR state IN ('queued', 'running')) "
             "AND (state IN ('queued', 'running', 'done') OR (state = 'cancelled' AND started_at IS NOT NULL))"
         )
@@ -310,7 +312,7 @@ class ModerationStore:
             async with db.execute(query, params) as cursor:
                 rows = await cursor.fetchall()
         events = []
-        for user, created_at, state, started_at, finished_at, wall_seconds in rows:
+        for user, created_at, state, started_at, finished_at, wall_seconds, refunded in rows:
             if state == "running" and started_at is not None:
                 gpu, spent_at = max(0.0, now - started_at), now
             elif state == "done":
@@ -319,14 +321,22 @@ class ModerationStore:
                 gpu, spent_at = max(0.0, finished_at - started_at), finished_at
             else:
                 gpu, spent_at = 0.0, None
-            events.append(UsageEvent(user, created_at, state, float(gpu), spent_at))
+            events.append(UsageEvent(user, created_at, state, float(gpu), spent_at, counts_as_job=not refunded))
         return events
+
+    async def refund(self, job_id: str, moderator_id: int) -> None:
+        """The job no longer counts against its member's quotas (its GPU time still counts for the server)."""
+        async with self._jobs.transaction() as db:
+            await db.execute(
+                "INSERT OR IGNORE INTO quota_refunds (job_id, refunded_by, at) VALUES (?, ?, ?)",
+                (job_id, moderator_id, self.clock()),
+            )
 
     async def stats_rows(self, guild_id: int, *, since: float) -> list[StatsRow]:
         async with self._jobs.reading() as db:
             async with db.execute(
                 "SELECT user_id, user_name, state, created_at, started_at, finished_at, wall_seconds FROM jobs "
-                "WHERE guild_id = ? AND created_at > ? ORDER BY created_at",
+                "WHERE guild_id = ? AND created_at >= ? ORDER BY created_at",
                 (guild_id, since),
             ) as cursor:
                 rows = await cursor.fetchall()

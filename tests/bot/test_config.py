@@ -167,6 +167,50 @@ def test_the_token_comes_from_the_environment_only_and_never_shows(monkeypatch: 
 
 def test_unknown_bigsleep_variables_are_reported() -> None:
     environ = {"BIGSLEEP_MODLES": "tiny", "BIGSLEEP_MODELS": "tiny", "BIGSLEEP_QUEUE__MAX_QUEUED_PER_USER": "3",
-               "BIGSLEEP_CACHE_DIR": "/tmp", "HOME": "/root"}
+               "BIGSLEEP_CACHE_DIR": "/tmp", "BIGSLEEP_WEIGHTS_MIRROR": "http://m", "HOME": "/root",
+               # A key under a setting that has none, and a lower-case name (settings match case-insensitively).
+               "BIGSLEEP_MODELS__X": "1", "bigsleep_colour": "blue"}
 
-    assert unknown_environment_names(environ) == ["BIGSLEEP_MODLES"]
+    assert unknown_environment_names(environ) == ["BIGSLEEP_MODELS__X", "BIGSLEEP_MODLES", "bigsleep_colour"]
+
+
+def test_an_unknown_variable_stops_the_load_naming_it_with_any_other_mistake(
+    config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (config_dir / "default.toml").write_text(DEFAULT_TOML.read_text())
+    monkeypatch.setenv("BIGSLEEP_MODLES", "tiny")
+
+    with pytest.raises(SettingsError) as problem:
+        load_settings()
+    assert str(problem.value) == "unknown setting 'modles' (from BIGSLEEP_MODLES)"
+
+    monkeypatch.setenv("BIGSLEEP_QUEUE__ETA_HISTORY", "0")
+    with pytest.raises(SettingsError) as problem:
+        load_settings()
+    lines = str(problem.value).splitlines()
+    assert lines[0] == "unknown setting 'modles' (from BIGSLEEP_MODLES)" and "'queue.eta_history'" in lines[1]
+
+    # The variables the generator and the config chooser read are no mistake.
+    monkeypatch.delenv("BIGSLEEP_MODLES")
+    monkeypatch.delenv("BIGSLEEP_QUEUE__ETA_HISTORY")
+    for name in ("BIGSLEEP_CACHE_DIR", "BIGSLEEP_OFFLINE", "BIGSLEEP_WEIGHTS_DIR", "BIGSLEEP_WEIGHTS_MIRROR"):
+        monkeypatch.setenv(name, "0")
+    assert load_settings().models == "full"
+
+
+def test_every_bigsleep_variable_the_docs_and_the_image_name_is_one_the_bot_accepts() -> None:
+    repo = REPO_CONFIG_DIR.parent
+    named = set()
+    for document in ("README.md", "Dockerfile", "config/default.toml", ".ci/run", "scripts/bot", "scripts/test"):
+        named |= set(re.findall(r"\bBIGSLEEP_[A-Z0-9_]*[A-Z0-9]", (repo / document).read_text()))
+    named -= {"BIGSLEEP_MODLES", "BIGSLEEP_X"}  # the docs' own examples of a typo
+    assert {"BIGSLEEP_HEALTH__HOST", "BIGSLEEP_WEIGHTS_MIRROR", "BIGSLEEP_QUEUE__MAX_QUEUED_PER_USER"} <= named
+
+    assert unknown_environment_names(dict.fromkeys(named, "")) == []
+    # Section keys are pydantic's to check: each must name a real field of its section.
+    sections = {name: field.annotation for name, field in BotSettings.model_fields.items()
+                if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)}
+    for variable in named:
+        section, _, key = variable.removeprefix("BIGSLEEP_").lower().partition("__")
+        if key:
+            assert key in sections[section].model_fields, variable

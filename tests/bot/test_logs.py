@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import io
 import json
 import logging
 
 import pytest
 
-from bot.logs import REDACTED, bind_job, make_handler, unbind_job
+from bot.logs import (
+    REDACTED,
+    JsonLineFormatter,
+    TextLineFormatter,
+    bind_job,
+    make_handler,
+    unbind_job,
+)
 
 TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4OQ.GhIjKl.abcdefghijklmnopqrstuvwxyz0123456789AB"
 
@@ -104,7 +112,24 @@ def test_tokens_are_removed_from_messages_fields_and_tracebacks(captured):
     assert records[0]["message"] == f"configured with {REDACTED}"
     assert records[1]["authorization"] == f"Bot {REDACTED}"
     assert REDACTED in records[2]["exc_info"]
+    assert records[3]["message"].endswith(f"/interactions/1/{REDACTED}/callback")
     assert records[4]["message"].endswith(f"/webhooks/1234/{REDACTED}/messages/@original")
+
+
+def test_interaction_tokens_are_removed_wherever_they_appear_and_webhook_tokens_in_urls(captured):
+    logger, stream = captured
+    interaction_token = "aW50ZXJhY3Rpb246MTIzNDU2Nzg5MDEyMzQ1Njc4OTpGVmxxT0RzX2tJbkFZZ3c-_x"
+
+    logger.debug("received %s", {"id": "1", "token": interaction_token, "type": 2})
+    logger.debug("POST https://discord.com/api/v10/interactions/99/%s/callback with None has returned 204",
+                 interaction_token)
+    logger.debug("POST https://discord.com/api/v10/webhooks/1234/%s", "Zm9v" * 17)
+
+    text = stream.getvalue()
+    assert interaction_token not in text and "MTIzNDU2Nzg5MDEy" not in text and "Zm9vZm9v" not in text
+    records = lines(stream)
+    assert records[0]["message"] == f"received {{'id': '1', 'token': '{REDACTED}', 'type': 2}}"
+    assert records[1]["message"].startswith(f"POST https://discord.com/api/v10/interactions/99/{REDACTED}/callback")
 
 
 def test_ordinary_text_is_left_alone(captured):
@@ -129,3 +154,15 @@ def test_text_format_puts_fields_as_key_value_pairs_and_redacts_too():
         logger.propagate = True
     line = stream.getvalue().strip()
     assert line.endswith(f'WARNING bot.test_logs_text: saw {REDACTED} note="two words" job_id=abcd1234')
+
+
+@pytest.mark.parametrize("log_format, formatter", [("json", JsonLineFormatter), ("text", TextLineFormatter)])
+def test_the_generation_process_writes_its_lines_with_the_bots_own_redacting_formatter(log_format, formatter):
+    from bot.app import generation_client_for
+    from bot.settings import BotSettings
+
+    client = generation_client_for(BotSettings(log_format=log_format, log_level="DEBUG"))
+
+    module_name, _, name = client.config.log_formatter.partition(":")
+    assert getattr(importlib.import_module(module_name), name) is formatter
+    assert client.config.log_level == "DEBUG"

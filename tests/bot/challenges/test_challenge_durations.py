@@ -48,6 +48,17 @@ def test_minimum_and_maximum_are_enforced_with_readable_limits():
     assert parse_duration("10m", minimum_seconds=600, maximum_seconds=600) == 600
 
 
+@pytest.mark.parametrize(
+    "text, says",
+    [("0m", "at least 10 minutes"), ("0d0h", "at least 10 minutes"), ("999d", "at most 60 days"),
+     ("99999999999999999999w", "at most 60 days"), ("2x", "can't read"), ("", "Give a duration"),
+     ("   ", "Give a duration")],
+)
+def test_what_challenge_start_refuses(text, says):
+    with pytest.raises(DurationError, match=says):
+        parse_duration(text, minimum_seconds=600, maximum_seconds=60 * 86400)
+
+
 def test_describe_duration():
     assert describe_duration(36 * 3600) == "1 day 12 hours"
     assert describe_duration(60) == "1 minute"

@@ -203,3 +203,14 @@ async def test_challenges_survive_reopening_the_database(db_path, clock):
     async with JobStore.open(db_path, clock=clock) as store:
         again = await ChallengeStore(store, clock=clock).get(challenge.id)
     assert again == challenge
+
+
+async def test_racing_submissions_keep_the_entry_limit(challenges, clock):
+    challenge = await start(challenges, clock, max_entries_per_member=2)
+
+    outcomes = await asyncio.gather(*(enter(challenges, challenge, ALICE, f"job{n:05d}") for n in range(6)),
+                                    return_exceptions=True)
+
+    assert sum(not isinstance(o, Exception) for o in outcomes) == 2
+    assert all(isinstance(o, ChallengeRefused) and "most allowed" in str(o) for o in outcomes if isinstance(o, Exception))
+    assert len(await challenges.entries_of(challenge.id, ALICE)) == 2

@@ -107,3 +107,12 @@ def test_many_entries_stay_within_the_largest_side():
     sheet = compose(tiles, max_bytes=10 * 1024 * 1024, tile_px=256)
     assert max(sheet.geometry.size) <= 4096
     assert len(tile_colours(sheet.data, 400)) == 400
+
+
+def test_small_square_images_fill_their_tile():
+    # The bot makes 128-pixel images too; on 256-pixel tiles they are scaled up, not left as a stamp in the middle.
+    sheet = compose([Tile(solid(COLOURS[1], 64), "#1")], max_bytes=1024 * 1024, tile_px=256)
+
+    image = Image.open(io.BytesIO(sheet.data)).convert("RGB")
+    left, top, right, bottom = sheet.geometry.image_box(0)
+    assert close(image.getpixel((left + 3, top + 3)), COLOURS[1]) and close(image.getpixel((right - 4, bottom - 4)), COLOURS[1])

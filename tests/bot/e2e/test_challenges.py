@@ -347,3 +347,179 @@ async def test_a_challenge_channel_the_bot_cannot_post_in_starts_nothing(fake_di
     cog = bot.get_cog("ChallengesCog")
     assert await cog.store.running(people.guild.id) is None and people.guild.id not in cog.running_guilds
     assert "Challenge #" in await start_challenge(fake_discord, people)
+
+
+async def test_only_the_members_own_finished_jobs_of_this_server_can_be_entered(
+    fake_discord, people, world, start_challenge_bot
+):
+    bot = await start_challenge_bot()
+    here_job, _ = await finished_job(fake_discord, people.channel, people.alice, "a lighthouse here")
+    alice_elsewhere = fake_discord.add_member(world.guilds[1], user=people.alice.user)
+    other_server_job, _ = await finished_job(fake_discord, world.channels[1], alice_elsewhere, "a lighthouse there")
+    _, failed_job = await imagine(fake_discord, people.channel, people.alice, "a lighthouse __fail__")
+    await fake_discord.wait_for_message(people.channel, lambda m: "(Failed" in m.content, timeout=20)
+    bob_job, _ = await finished_job(fake_discord, people.channel, people.bob, "bob's lighthouse")
+    await start_challenge(fake_discord, people)
+
+    autocomplete = await (await fake_discord.autocomplete(
+        people.channel, people.alice, "challenge submit", "job", job="")).wait_response()
+    assert [choice["value"] for choice in autocomplete.choices] == [here_job]
+    assert "another server" in await submit(fake_discord, people, people.alice, other_server_job)
+    assert "no finished image" in await submit(fake_discord, people, people.alice, failed_job)
+    assert "only your own" in await submit(fake_discord, people, people.alice, bob_job)
+    assert "only your own" in await submit(fake_discord, people, people.alice, "zzzzzzzz")
+    assert await bot.get_cog("ChallengesCog").store.entries(1) == []
+    assert "entry #1" in await submit(fake_discord, people, people.alice, here_job)
+
+
+async def test_a_member_blocked_by_moderators_can_neither_enter_nor_vote(fake_discord, people, start_challenge_bot):
+    bot = await start_challenge_bot()
+    alice_job, _ = await finished_job(fake_discord, people.channel, people.alice, "a lighthouse")
+    bob_job, _ = await finished_job(fake_discord, people.channel, people.bob, "bob's lighthouse")
+    await start_challenge(fake_discord, people)
+    assert "entry #1" in await submit(fake_discord, people, people.alice, alice_job)
+    blocked = await fake_discord.invoke_command(
+        people.channel, people.boss, "settings block", member=people.bob, reason="spam")
+    assert "Blocked" in (await blocked.wait_response()).content
+
+    assert "blocked you" in await submit(fake_discord, people, people.bob, bob_job)
+    entry = entry_message(fake_discord, people.channel, 1)
+    assert "blocked you" in await vote(fake_discord, people.bob, entry)
+    cog = bot.get_cog("ChallengesCog")
+    assert [e.user_id for e in await cog.store.entries(1)] == [people.alice.id]
+    assert (await cog.store.entries(1))[0].votes == 0
+    # Others are not affected.
+    assert "is in" in await vote(fake_discord, people.erin, entry)
+
+
+async def test_after_the_deadline_nothing_is_accepted_even_before_the_scheduler_fired(
+    fake_discord, people, start_challenge_bot, clock
+):
+    bot = await start_challenge_bot()
+    alice_job, _ = await finished_job(fake_discord, people.channel, people.alice, "a lighthouse")
+    await start_challenge(fake_discord, people, duration="1h")
+    bob_job, bob_result = await finished_job(fake_discord, people.channel, people.bob, "bob's lighthouse")
+    assert "entry #1" in await submit(fake_discord, people, people.alice, alice_job)
+    cog = bot.get_cog("ChallengesCog")
+
+    clock.advance(3600)  # the deadline, to the second; the scheduler has not been woken
+
+    assert "No challenge is taking entries" in await submit(fake_discord, people, people.bob, bob_job)
+    closed = await answer(await fake_discord.click_button(people.bob, bob_result, f"bs:enter:{bob_job}"))
+    assert "No challenge is taking entries" in closed
+    assert "closed" in await vote(fake_discord, people.bob, entry_message(fake_discord, people.channel, 1))
+    withdrawn = await answer(await fake_discord.invoke_command(people.channel, people.alice, "challenge withdraw"))
+    assert "closed" in withdrawn
+    assert cog.scheduler.fired == 0 and (await cog.store.get(1)).state == "open"
+    [entry] = await cog.store.entries(1)
+    assert entry.votes == 0
+
+
+async def test_a_challenge_whose_channel_was_deleted_still_ends_and_is_archived(
+    fake_discord, people, start_challenge_bot, clock
+):
+    bot = await start_challenge_bot()
+    arena = fake_discord.add_channel(people.guild, "arena")
+    alice_job, _ = await finished_job(fake_discord, people.channel, people.alice, "a lighthouse")
+    await start_challenge(fake_discord, people, duration="1h", channel=arena)
+    assert "entry #1" in await submit(fake_discord, people, people.alice, alice_job)
+    entry = entry_message(fake_discord, arena, 1)
+    assert "is in" in await vote(fake_discord, people.bob, entry)
+    fake_discord.delete_channel(arena)
+
+    clock.advance(3600)
+    cog = bot.get_cog("ChallengesCog")
+    cog.scheduler.wake()
+    await asyncio.wait_for(cog.scheduler.wait_fired(1), 10)
+
+    ended = await cog.store.get(1)
+    assert ended.state == "ended" and ended.results_message_id is None
+    assert [(e.place, e.final_votes) for e in await cog.store.entries(1)] == [(1, 1)]
+    board = await (await fake_discord.invoke_command(people.channel, people.erin, "challenge leaderboard")).wait_response()
+    assert f"<@{people.alice.id}>: 1 win" in str(board.embeds)
+    # A new challenge can start (in a channel that exists).
+    assert "Challenge #2 is on" in await start_challenge(fake_discord, people)
+
+
+async def test_themes_cannot_ping_or_format_and_results_ping_only_the_winners(
+    fake_discord, people, start_challenge_bot, clock
+):
+    bot = await start_challenge_bot()
+    role = fake_discord.add_role(people.guild, "artists")
+    alice_job, _ = await finished_job(fake_discord, people.channel, people.alice, "a lighthouse @everyone")
+    theme = f"@everyone **loud** <@&{role.id}> <@{people.bob.id}> " + "very long theme " * 20
+    started = await answer(await fake_discord.invoke_command(
+        people.channel, people.boss, "challenge start", theme=theme[:200], duration="1h"))
+    assert "Challenge #1 is on" in started
+    announcement = await fake_discord.wait_for_message(people.channel, lambda m: "new challenge" in m.content)
+    assert not announcement.mention_everyone and not announcement.mentioned_user_ids
+    assert "\\*\\*loud\\*\\*" in announcement.content
+    assert len(announcement.embeds[0]["title"]) <= 256
+    assert "<t:" in str(announcement.embeds) and ":F>" in str(announcement.embeds) and ":R>" in str(announcement.embeds)
+    assert "entry #1" in await submit(fake_discord, people, people.alice, alice_job)
+    await vote(fake_discord, people.bob, entry_message(fake_discord, people.channel, 1))
+
+    clock.advance(3600)
+    bot.get_cog("ChallengesCog").scheduler.wake()
+    results = await fake_discord.wait_for_message(people.channel, lambda m: "has ended" in m.content, timeout=15)
+
+    assert results.mentioned_user_ids == [people.alice.id]
+    assert not results.mention_everyone and not results.mentioned_role_ids
+    assert results.allowed_mentions.get("parse") == [] and [int(u) for u in results.allowed_mentions["users"]] == [people.alice.id]
+
+
+async def test_a_server_that_spoilers_its_images_gets_spoilered_entries_and_contact_sheets(
+    fake_discord, people, start_challenge_bot, clock
+):
+    bot = await start_challenge_bot()
+    await (await fake_discord.invoke_command(people.channel, people.boss, "settings spoiler", enabled=True)).wait_response()
+    _, alice_job = await imagine(fake_discord, people.channel, people.alice, "a secret lighthouse")
+    await fake_discord.wait_for_message(
+        people.channel, lambda m: any(a.filename == f"SPOILER_{alice_job}.png" for a in m.attachments), timeout=20)
+    await start_challenge(fake_discord, people, duration="1h")
+    assert "entry #1" in await submit(fake_discord, people, people.alice, alice_job)
+
+    posted = entry_message(fake_discord, people.channel, 1)
+    assert [a.filename for a in posted.attachments] == ["SPOILER_entry-1.png"]
+    assert all("image" not in embed for embed in posted.embeds)  # an embed would show it unblurred
+    clock.advance(3600)
+    bot.get_cog("ChallengesCog").scheduler.wake()
+    results = await fake_discord.wait_for_message(people.channel, lambda m: "has ended" in m.content, timeout=15)
+    assert [a.filename for a in results.attachments] == ["SPOILER_contact-sheet.jpg"]
+    assert all("image" not in embed for embed in results.embeds)
+
+
+async def test_results_still_go_out_when_the_upload_limit_fell_during_the_challenge(
+    fake_discord, people, start_challenge_bot, clock
+):
+    bot = await start_challenge_bot()
+    alice_job, _ = await finished_job(fake_discord, people.channel, people.alice, "a lighthouse")
+    await start_challenge(fake_discord, people, duration="1h")
+    assert "entry #1" in await submit(fake_discord, people, people.alice, alice_job)
+    fake_discord.attachment_size_limit = 2000  # the server lost its boosts: even a tiny sheet is too big now
+
+    clock.advance(3600)
+    cog = bot.get_cog("ChallengesCog")
+    cog.scheduler.wake()
+    await asyncio.wait_for(cog.scheduler.wait_fired(1), 10)
+
+    results = fake_discord.message((await cog.store.get(1)).results_message_id)
+    assert "has ended" in results.content and results.attachments == []
+    assert "/challenge show" in str(results.embeds)
+
+
+async def test_a_moderator_takes_out_someones_entry_and_it_is_audited(fake_discord, people, world, start_challenge_bot):
+    bot = await start_challenge_bot()
+    alice_job, _ = await finished_job(fake_discord, people.channel, people.alice, "a rule-breaking lighthouse")
+    await start_challenge(fake_discord, people)
+    assert "entry #1" in await submit(fake_discord, people, people.alice, alice_job)
+    posted = entry_message(fake_discord, people.channel, 1)
+
+    # world.mod has Manage Messages, as for deleting anyone's image.
+    said = await answer(await fake_discord.invoke_command(people.channel, world.mod, "challenge withdraw", entry=1))
+
+    assert "Withdrew entry #1" in said
+    await fake_discord.wait_for_message_update(posted, lambda m: m.deleted)
+    [action] = await bot.moderation.store.actions(people.guild.id, action="challenge")
+    assert (action.action, action.moderator_id) == ("challenge.withdraw", world.mod.id)
+    assert f"{people.alice.id}" in action.target

@@ -82,3 +82,10 @@ def test_an_unknown_setting_stops_the_start_naming_the_key(tmp_path):
     assert result.returncode == 2
     assert "queue.max_queud_per_user" in result.stderr and "progress.edit_interval_seconds" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_mistyped_variable_stops_the_start_with_one_line_naming_it(tmp_path):
+    env = bot_environment(None, tmp_path, DISCORD_TOKEN="x", BIGSLEEP_MODLES="tiny")
+    result = subprocess.run([str(BOT_SCRIPT)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["bigsleep-bot: unknown setting 'modles' (from BIGSLEEP_MODLES)"]

@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import logging
+import socket
 import sys
 from contextlib import contextmanager
 
@@ -18,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_entry_point import REPO_ROOT, bot_environment
 
 from bot.logs import CHATTY_LOGGERS, configure_logging
+from bot.simulated import SimulatedGenerationClient
 
 HEALTH = {"enabled": True, "port": 0}
 
@@ -57,6 +59,27 @@ async def test_healthz_is_ok_when_discord_the_worker_and_the_database_are(fake_d
     assert body["discord"]["ok"] and body["discord"]["connected"]
     assert body["worker"]["ok"] and body["worker"]["alive"] and body["worker"]["restarts"] == 0
     assert body["database"] == {"ok": True, "writable": True}
+
+
+async def test_healthz_says_starting_while_the_first_worker_loads_its_models(fake_discord, world, start_bot):
+    loaded = asyncio.Event()
+
+    class SlowToLoad(SimulatedGenerationClient):
+        async def start(self) -> None:
+            await loaded.wait()
+            await super().start()
+
+    bot = await start_bot(SlowToLoad(seconds_per_job=0.01), health=HEALTH)
+
+    status, body = await healthz(bot)
+    assert status == 503 and body["status"] == "starting", body
+    assert body["worker"]["state"] == "starting" and body["discord"]["ok"] and body["database"]["ok"]
+
+    loaded.set()
+    _, job_id = await imagine(fake_discord, world.channel, world.alice, "once it has loaded")
+    await wait_for_result(fake_discord, world.channel, job_id)
+    status, body = await healthz(bot)
+    assert status == 200 and body["status"] == "ok", body
 
 
 async def test_healthz_is_503_naming_the_worker_when_the_worker_is_down(fake_discord, world, start_bot, simulated):
@@ -210,6 +233,10 @@ async def test_log_lines_over_a_whole_imagine_are_json_name_the_job_and_never_ho
 
     text = stream.getvalue()
     assert fake_discord.token not in text
+    # discord.py logs each interaction's callback URL at DEBUG, with the interaction's token in it.
+    interaction_tokens = [interaction.token for interaction in fake_discord.interactions.values()]
+    assert interaction_tokens and not any(token in text for token in interaction_tokens)
+    assert "/interactions/" in text
     records = [json.loads(line) for line in text.splitlines()]
     assert len(records) > 20  # discord.py's DEBUG lines included
     # discord.py logs each request it makes with the bot's Authorization header unseen; interaction tokens in
@@ -290,3 +317,27 @@ async def test_the_entry_point_serves_health_and_metrics_and_logs_json_without_t
     # Every line about the job names it in a field, the worker's lines included.
     assert all(record.get("job_id") == job_id for record in job_lines), [r for r in job_lines if r.get("job_id") != job_id]
     assert any(record["logger"].startswith("bigsleep.worker") for record in job_lines)
+
+
+@pytest.mark.timeout(300)
+async def test_a_taken_health_port_stops_the_start_with_one_line_saying_what_to_change(fake_discord, world, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = bot_environment(fake_discord, tmp_path / "data", BIGSLEEP_HEALTH__ENABLED="true",
+                              BIGSLEEP_HEALTH__PORT=str(port), BIGSLEEP_LOG_LEVEL="ERROR")
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", cwd=REPO_ROOT, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            _, stderr = await asyncio.wait_for(process.communicate(), 120)
+        finally:
+            await stop_gracefully(process)
+
+    assert process.returncode == 1, stderr
+    lines = stderr.decode().strip().splitlines()
+    assert lines[-1].startswith(f"bigsleep-bot: cannot serve /healthz on 127.0.0.1:{port}"), lines
+    # The port is bound before the generation process starts: nothing else is started, nor killed.
+    assert lines == [lines[-1]] and "BIGSLEEP_HEALTH__PORT" in lines[-1] and "Traceback" not in stderr.decode()

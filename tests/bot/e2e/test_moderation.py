@@ -57,7 +57,7 @@ async def test_non_moderators_neither_see_nor_can_use_moderator_commands(fake_di
     own = await run(fake_discord, world.channel, world.alice, "quota show")
     assert "Your allowance" in embed_text(own)
     other = await run(fake_discord, world.channel, world.alice, "quota show", member=world.bob)
-    assert "for moderators" in other.content
+    assert other.content.startswith("Only moderators (Manage Server) can see another member's allowance")
     theirs = await run(fake_discord, world.channel, boss, "quota show", member=world.bob)
     assert "bob's allowance" in embed_text(theirs)
 
@@ -67,9 +67,9 @@ async def test_quota_limits_apply_across_a_restart(fake_discord, world, boss, bo
     response = await run(fake_discord, world.channel, boss, "settings quota rules", per_day=2)
     assert "Quota rules updated" in response.content and "jobs per day: 2" in embed_text(response)
 
-    for n in range(2):
-        _, job_id = await imagine(fake_discord, world.channel, world.alice, f"allowed {n}")
-        assert job_id
+    for n, left in enumerate(("1 of 2 left in the last 24 h, oldest one back in 24 h", "0 of 2 left")):
+        accepted, job_id = await imagine(fake_discord, world.channel, world.alice, f"allowed {n}")
+        assert job_id and f"You have {left}" in accepted.content
     refused, job_id = await imagine(fake_discord, world.channel, world.alice, "one too many")
     assert job_id is None and refused.ephemeral
     assert "used all 2 of your jobs in the last 24 hours" in refused.content and "frees up in 24 h." in refused.content
@@ -92,6 +92,8 @@ async def test_a_paused_servers_jobs_wait_while_other_servers_run_even_after_a_r
     bot = await bot_runner.start(make_bot())
     response = await run(fake_discord, world.channel, boss, "settings pause")
     assert "Paused" in response.content
+    again = await run(fake_discord, world.channel, boss, "settings pause")
+    assert again.content == "This server's queue is already paused."
 
     answer, paused_job = await imagine(fake_discord, world.channel, world.alice, "waits politely")
     assert "paused its queue" in answer.content
@@ -110,8 +112,11 @@ async def test_a_paused_servers_jobs_wait_while_other_servers_run_even_after_a_r
 
     assert "Resumed" in (await run(fake_discord, world.channel, boss, "settings resume")).content
     await wait_for_result(fake_discord, world.channel, paused_job)
+    again = await run(fake_discord, world.channel, boss, "settings resume")
+    assert again.content == "This server's queue is not paused."
     log = embed_text(await run(fake_discord, world.channel, boss, "modlog", action="queue"))
-    assert "queue.resume" in log and "queue.pause" in log
+    # The repeated pause and resume changed nothing, so they are not in the trail.
+    assert log.count("queue.resume") == 1 and log.count("queue.pause") == 1
 
 
 async def test_a_blocked_member_gets_a_clear_refusal_everywhere_until_unblocked(fake_discord, world, boss, start_bot):
@@ -121,6 +126,8 @@ async def test_a_blocked_member_gets_a_clear_refusal_everywhere_until_unblocked(
 
     response = await run(fake_discord, world.channel, boss, "settings block", member=world.bob, reason="spamming")
     assert "Blocked" in response.content
+    again = await run(fake_discord, world.channel, boss, "settings block", member=world.bob, reason="spamming")
+    assert "already blocked here; nothing changed" in again.content
     refused, blocked_job = await imagine(fake_discord, world.channel, world.bob, "let me in")
     assert blocked_job is None and refused.ephemeral
     assert refused.content == "The moderators of this server have blocked you from using this bot here. Reason: spamming"
@@ -131,6 +138,8 @@ async def test_a_blocked_member_gets_a_clear_refusal_everywhere_until_unblocked(
     assert (await imagine(fake_discord, world.channels[1], other_guild_bob, "elsewhere"))[1]
 
     await run(fake_discord, world.channel, boss, "settings unblock", member=world.bob)
+    again = await run(fake_discord, world.channel, boss, "settings unblock", member=world.bob)
+    assert again.content == f"<@{world.bob.id}> was not blocked."
     assert (await imagine(fake_discord, world.channel, world.bob, "welcome back"))[1]
     entries = await bot.moderation.store.actions(world.guilds[0].id)
     assert [e.action for e in entries][:2] == ["unblock", "block"]
@@ -138,7 +147,7 @@ async def test_a_blocked_member_gets_a_clear_refusal_everywhere_until_unblocked(
 
 
 async def test_banned_words_channels_limits_and_spoilers_per_server(fake_discord, world, boss, start_bot):
-    await start_bot(limits={"banned_words": ("gore",)})
+    bot = await start_bot(limits={"banned_words": ("gore",)})
     guild = world.guilds[0]
     other = fake_discord.add_channel(guild, "chat")
 
@@ -157,6 +166,10 @@ async def test_banned_words_channels_limits_and_spoilers_per_server(fake_discord
 
     bad = await run(fake_discord, world.channel, boss, "settings limits", default_steps=50, max_steps=20)
     assert "can't be more than the maximum" in bad.content
+    # 512 px is a size the bot knows, but this host's worker loads only 128 and 256.
+    bad = await run(fake_discord, world.channel, boss, "settings limits", default_size=512)
+    assert bad.content == "This bot makes images of 128 px, 256 px; pick one of those."
+    assert bot.moderation.settings(guild.id).default_size is None
     await run(fake_discord, world.channel, boss, "settings limits", max_steps=20)
     refused, _ = await imagine(fake_discord, world.channel, world.alice, "a bird", steps=30)
     assert "at most 20" in refused.content
@@ -211,3 +224,59 @@ async def test_stats_for_moderators(fake_discord, world, boss, start_bot):
     stats = embed_text(await run(fake_discord, world.channel, boss, "stats", days=3))
     assert "Jobs: 3" in stats and "Failure rate: 33.3% (1 of 3)" in stats
     assert f"<@{world.alice.id}> 2" in stats and "Queue wait p95" in stats
+
+
+async def test_a_moderators_cancel_gives_the_allowance_back_and_other_servers_jobs_are_out_of_reach(
+    fake_discord, world, boss, start_bot, simulated
+):
+    bot = await start_bot(worker={"max_batch_size": 1})
+    await run(fake_discord, world.channel, boss, "settings quota rules", per_day=1)
+    simulated.hold()
+    _, running = await imagine(fake_discord, world.channel, world.alice, "hogging the gpu")
+    await asyncio.wait_for(simulated.wait_until_holding(1), 10)
+    refused, _ = await imagine(fake_discord, world.channel, world.alice, "one more")
+    assert "used all 1 of your jobs" in refused.content
+
+    assert f"Cancelled `{running}`" in (await run(fake_discord, world.channel, boss, "cancel", job=running)).content
+    # Stopping it was the moderator's call, so it no longer counts against her day.
+    accepted, again = await imagine(fake_discord, world.channel, world.alice, "my turn again")
+    assert again and "You have 0 of 1 left" in accepted.content
+
+    # Bob also makes images in another server: a moderator here can't touch his job there.
+    bob_elsewhere = fake_discord.add_member(world.guilds[1], user=world.bob.user)
+    _, elsewhere = await imagine(fake_discord, world.channels[1], bob_elsewhere, "not your server")
+    refused = await run(fake_discord, world.channel, boss, "cancel", job=elsewhere)
+    assert refused.content == f"You have no job `{elsewhere}`."
+    typing = await fake_discord.autocomplete(world.channel, boss, "cancel", "job", job=elsewhere[:4])
+    assert elsewhere not in {choice["value"] for choice in (await typing.wait_response()).choices}
+    assert (await bot.store.get(elsewhere)).state == "queued"
+    simulated.release()
+
+    # Bob reposts his finished image here with /show: its buttons are here, the job is still the other server's.
+    await wait_for_result(fake_discord, world.channels[1], elsewhere)
+    await fake_discord.invoke_command(world.channel, world.bob, "show", job=elsewhere)
+    message = await fake_discord.wait_for_message(world.channel, lambda m: f"bs:delete:{elsewhere}" in str(m.components))
+    click = await fake_discord.click_button(boss, message, f"bs:delete:{elsewhere}")
+    assert "Only the person who asked for this image" in (await click.wait_response()).content
+    assert (await bot.store.get(elsewhere)).png_path is not None
+    actions = [entry.action for entry in await bot.moderation.store.actions(world.guilds[1].id)]
+    assert actions == []
+
+
+async def test_an_unpostable_or_deleted_log_channel_does_not_stop_the_action(fake_discord, world, boss, start_bot):
+    bot = await start_bot()
+    log_channel = fake_discord.add_channel(world.guilds[0], "mod-log")
+    await run(fake_discord, world.channel, boss, "settings log-channel", channel=log_channel)
+
+    fake_discord.set_bot_can_post(log_channel, False)
+    checkpoint = fake_discord.checkpoint()
+    assert "Paused" in (await run(fake_discord, world.channel, boss, "settings pause")).content
+    await fake_discord.wait_for_request("POST", f"/channels/{log_channel.id}/messages", status=403, after=checkpoint)
+
+    fake_discord.delete_channel(log_channel)
+    checkpoint = fake_discord.checkpoint()
+    assert "Resumed" in (await run(fake_discord, world.channel, boss, "settings resume")).content
+    await fake_discord.wait_for_request("POST", f"/channels/{log_channel.id}/messages", status=404, after=checkpoint)
+
+    assert not bot.moderation.settings(world.guilds[0].id).paused
+    assert [e.action for e in await bot.moderation.store.actions(world.guilds[0].id)][:2] == ["queue.resume", "queue.pause"]

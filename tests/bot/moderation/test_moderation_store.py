@@ -51,6 +51,27 @@ async def test_what_counts_against_quotas(store: JobStore, clock) -> None:
     assert [e.state for e in later] == ["queued"]  # old jobs left the window; a waiting one always counts
 
 
+async def test_a_job_a_moderator_cancelled_is_given_back(store: JobStore, clock) -> None:
+    moderation = ModerationStore(store, clock=clock)
+    service = ModerationService(moderation, base_limits=ServerLimits())
+    await service.load()
+    await service.update_settings(GUILD, MOD, "quota.rules", quota_per_day=1)
+    job = await make_job(store)
+    running = await store.mark_running(job.id)
+    clock.advance(20)
+    await store.mark_cancelled(job.id)
+
+    assert (await service.quota_status(GUILD, ALICE, ())).day.used == 1  # her own cancel after starting counts
+    await service.record_job_action(running, MOD, "cancel", {"state": "cancelled"})
+
+    status = await service.quota_status(GUILD, ALICE, ())
+    assert status.day.used == 0 and status.server_gpu is None
+    [event] = await moderation.usage_events(GUILD, since=clock() - DAY, now=clock())
+    assert not event.counts_as_job and event.gpu_seconds == 20.0  # the GPU still did the work
+    [entry] = [a for a in await moderation.actions(GUILD) if a.action == "job.cancel"]
+    assert entry.before == {"state": "running"} and entry.target == f"job {job.id} of u1 (1)"
+
+
 async def test_settings_overrides_words_and_blocks_survive_a_reopen(db_path, clock) -> None:
     async with JobStore.open(db_path, clock=clock) as store:
         service = ModerationService(ModerationStore(store, clock=clock), base_limits=ServerLimits())

@@ -155,7 +155,9 @@ def test_exempt_members_skip_member_limits_but_not_the_server_budget():
     exempt = [Override("member", ALICE, exempt=True)]
     assert refusal(_status(events, overrides=exempt)) is None
     budget = ServerBudget(jobs_per_day=30)
-    assert "daily budget of jobs" in refusal(_status(events, overrides=exempt, budget=budget))
+    assert refusal(_status(events, overrides=exempt, budget=budget)) == (
+        "This server has used its whole budget (30 of 30 jobs in the last 24 hours); more frees up in 23 h 59 min."
+    )
 
 
 @pytest.mark.parametrize("budget_minutes, refused", [(10.0, True), (11.0, False)])
@@ -168,3 +170,11 @@ def test_gpu_budget(budget_minutes, refused):
 
 def test_no_rules_no_refusal():
     assert refusal(_status(_events(*[(1, "done")] * 500), rules=MemberLimits())) is None
+
+
+def test_a_job_given_back_counts_only_its_gpu_time():
+    refunded = UsageEvent(ALICE, NOW - 60, "cancelled", gpu_seconds=120.0, spent_at=NOW - 60, counts_as_job=False)
+    kept = UsageEvent(ALICE, NOW - 60, "done", gpu_seconds=60.0, spent_at=NOW - 60)
+    status = _status([refunded, kept], budget=ServerBudget(jobs_per_day=10, gpu_minutes_per_day=10.0))
+    assert status.day.used == 1 and status.hour.used == 1 and status.server_jobs.used == 1
+    assert status.server_gpu.used == 3.0
