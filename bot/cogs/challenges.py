@@ -41,8 +41,8 @@ from bot.challenges.store import (
     Entry,
 )
 from bot.embeds import NO_MENTIONS, SPOILER_PREFIX, shorten
-from bot.store import Job
 from bot.moderation.service import Actor
+from bot.store import Job
 from bot.views import is_moderator, result_extras
 
 if TYPE_CHECKING:
@@ -390,11 +390,10 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
         """A member the moderators blocked from the bot here neither enters nor votes (as they can't /imagine);
         taking back their own entry or vote stays possible."""
         assert interaction.guild_id is not None
-        block = self.bot.moderation.blocked(interaction.guild_id, interaction.user.id)
-        if block is None:
+        refusal = self.bot.moderation.blocked_refusal(interaction.guild_id, interaction.user.id)
+        if refusal is None:
             return False
-        because = f" Reason: {block.reason}" if block.reason else ""
-        await _reply(interaction, f"The moderators of this server have blocked you from using this bot here.{because}")
+        await _reply(interaction, refusal)
         return True
 
     def _delete_copy(self, relative: str) -> None:

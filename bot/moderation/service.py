@@ -167,16 +167,23 @@ class ModerationService:
             lock = self._admission_locks[guild_id] = asyncio.Lock()
         return lock
 
+    def blocked_refusal(self, guild_id: int, user_id: int) -> str | None:
+        """The sentence for a member the moderators blocked from the bot in this server; None when not blocked."""
+        block = self.blocked(guild_id, user_id)
+        if block is None:
+            return None
+        because = f" Reason: {block.reason}" if block.reason else ""
+        return f"The moderators of this server have blocked you from using this bot here.{because}"
+
     async def refusal(
         self, *, guild_id: int, channel_id: int, user_id: int, role_ids: Collection[int], spec: DreamSpec
     ) -> str | None:
         """Why this member may not queue this job here, as a sentence for them; None when they may.
         Hold `admission_lock(guild_id)` from this check until the job is stored."""
         self._roles_seen[(guild_id, user_id)] = tuple(role_ids)
-        block = self.blocked(guild_id, user_id)
-        if block is not None:
-            because = f" Reason: {block.reason}" if block.reason else ""
-            return f"The moderators of this server have blocked you from using this bot here.{because}"
+        blocked = self.blocked_refusal(guild_id, user_id)
+        if blocked:
+            return blocked
         allowed = self._allowed_channels.get(guild_id)
         if allowed and channel_id not in allowed:
             where = ", ".join(f"<#{c}>" for c in sorted(allowed)[:10])
