@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -209,6 +210,9 @@ def test_a_data_dir_that_cannot_be_written_fails(setup, tmp_path):
 
     assert data_line.status == "FAIL" and "is a file, not a folder" in data_line.detail
     assert "BIGSLEEP_DATA_DIR" in data_line.fix
+    # In Docker, the uid the image really runs as (it said 1000 while the image used 10001).
+    (image_user,) = re.findall(r"^USER (\d+)", (REPO_ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert f"writable by uid {image_user}" in data_line.fix
 
 
 def test_a_data_dir_below_a_file_cannot_be_created(setup, tmp_path, monkeypatch):
