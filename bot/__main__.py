@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -97,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from bot.logs import configure_logging
 
+    # The generation process inherits this environment and has no use for the token: it leaves with us.
+    os.environ.pop("DISCORD_TOKEN", None)
     # The token goes to the redactor, so no line (a traceback with headers, say) can carry it.
     configure_logging(settings.log_level, settings.log_format, secrets=[connection.token.get_secret_value()])
     point_discord_at(connection.api_base, connection.gateway_url)

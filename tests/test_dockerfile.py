@@ -80,7 +80,11 @@ def test_base_image_carries_the_pinned_torch():
 
 def test_image_installs_the_package_as_the_readme_does_and_runs_its_entry_point():
     installs = [rest for rest in arguments_of("RUN") if "pip install" in rest]
-    assert len(installs) == 1 and re.search(r"pip install (--no-cache-dir )?\.(\s|$)", installs[0]), installs
+    # Two layers: the dependencies, read from pyproject.toml's own list (no second list to drift), then this
+    # package on top of them. Nothing else is installed.
+    dependencies, package = installs
+    assert "['project']['dependencies']" in dependencies and "pip install --no-cache-dir -r /tmp/requirements.txt" in dependencies
+    assert re.search(r"pip install --no-cache-dir --no-deps \.(\s|$)", package) and "pip check" in package, package
     # scripts/setup-venv (what the README's scripts/bot runs) installs the same target: this checkout, ".".
     assert 'target="."' in (REPO_ROOT / "scripts/setup-venv").read_text()
     scripts = PYPROJECT["project"]["scripts"]

@@ -10,6 +10,7 @@ import logging
 import socket
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -286,6 +287,9 @@ async def test_the_entry_point_serves_health_and_metrics_and_logs_json_without_t
                 body = await response.json()
                 assert response.status == 200, body
             assert body["worker"]["state"] == "ready" and body["worker"]["pid"] != process.pid
+            # The generation process never holds the token, not even in its environment.
+            worker_environment = Path(f"/proc/{body['worker']['pid']}/environ").read_bytes()
+            assert fake_discord.token.encode() not in worker_environment and b"BIGSLEEP_" in worker_environment
             await fake_discord.wait_for(lambda: any(c["name"] == "imagine" for c in fake_discord.commands()), timeout=60)
             _, job_id = await imagine(fake_discord, world.channel, world.alice, "a bowl of cherries", steps=2)
             assert job_id
