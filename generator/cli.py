@@ -24,6 +24,15 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one to show and the help text does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, "", False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(prog="bigsleep", description="Dream images from text with BigSleep (BigGAN-deep + CLIP).")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineArgumentParser)
@@ -31,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         "dream",
         help="turn a text prompt into an image",
         description="Optimise BigGAN-deep's inputs until CLIP says the image matches the prompt.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     defaults = DreamSpec(prompt="")
     dream.add_argument("prompt", help="what to dream; separate several prompts with |")

@@ -26,6 +26,10 @@ def test_help_documents_every_option():
             assert flag in help_text
         if action.dest != "help":
             assert action.help, f"{action.dest} has no help text"
+    # Defaults are shown where there is one, once: never "(default: None)", never twice.
+    flat = " ".join(help_text.split())
+    assert "(default: None)" not in flat and "(default: 0.07)" in flat
+    assert "(default 400)" in flat and "(default 400) (default" not in flat
 
 
 def test_tiny_dream_writes_image_snapshots_and_timelapse(tmp_path):
