@@ -222,7 +222,7 @@ class Dispatcher:
         # Each re-queue goes to the very front, so the job that started last is queued again first and
         # the earliest one ends up ahead of it.
         for ref in sorted(self._handed_back, key=lambda ref: ref.seq, reverse=True):
-            await self._give_back(ref.job_id)
+            await self._give_back(ref.job_id, counts_as_attempt=False)
         self._handed_back.clear()
         if self._main_task is not None:
             self._main_task.cancel()
@@ -573,9 +573,9 @@ class Dispatcher:
             return
         await self._give_back(job_id)
 
-    async def _give_back(self, job_id: str) -> None:
+    async def _give_back(self, job_id: str, *, counts_as_attempt: bool = True) -> None:
         try:
-            requeued = await self.store.requeue(job_id)
+            requeued = await self.store.requeue(job_id, counts_as_attempt=counts_as_attempt)
         except (IllegalTransition, JobNotFound):
             return
         self.queue.requeue(JobRef.of(requeued))

@@ -741,9 +741,14 @@ class JobStore:
         """queued/running -> cancelled. For a running job, the worker must be told to stop too."""
         return await self._transition(job_id, "cancelled", "finished_at = ?", (self._clock(),))
 
-    async def requeue(self, job_id: str, *, front: bool = True) -> Job:
-        """running -> queued (the worker stopped before finishing). At the front of the order unless front=False."""
-        jobs = await self._requeue_running([normalize_job_id(job_id)], front=front, strict=True)
+    async def requeue(self, job_id: str, *, front: bool = True, counts_as_attempt: bool = True) -> Job:
+        """running -> queued (the worker stopped before finishing). At the front of the order unless front=False.
+
+        counts_as_attempt=False takes back the attempt the start counted: the bot stopped cleanly and handed the
+        job back, which says nothing about the job, so restarts alone never bring it to `max_attempts`."""
+        jobs = await self._requeue_running(
+            [normalize_job_id(job_id)], front=front, strict=True, counts_as_attempt=counts_as_attempt
+        )
         return jobs[0]
 
     async def recover_after_restart(self, *, max_attempts: int | None = None) -> list[Job]:
@@ -766,7 +771,9 @@ class JobStore:
             )
         return [recovered[job_id] for job_id, _ in running if job_id in recovered]
 
-    async def _requeue_running(self, job_ids: Sequence[str], *, front: bool, strict: bool) -> list[Job]:
+    async def _requeue_running(
+        self, job_ids: Sequence[str], *, front: bool, strict: bool, counts_as_attempt: bool = True
+    ) -> list[Job]:
         if not job_ids:
             return []
         async with self._transaction() as db:
@@ -789,9 +796,9 @@ class JobStore:
                 # started_at is cleared so "running for N minutes" never counts time spent waiting again;
                 # progress_message_id is kept so the bot edits the same message back to "waiting".
                 await db.execute(
-                    "UPDATE jobs SET state = 'queued', seq = ?, started_at = NULL, progress_step = 0 "
-                    "WHERE id = ? AND state = 'running'",
-                    (seq, job.id),
+                    "UPDATE jobs SET state = 'queued', seq = ?, started_at = NULL, progress_step = 0, "
+                    "attempts = MAX(attempts - ?, 0) WHERE id = ? AND state = 'running'",
+                    (seq, 0 if counts_as_attempt else 1, job.id),
                 )
                 requeued.append(await self._fetch(db, job.id))
             return requeued

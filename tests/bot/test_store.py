@@ -270,6 +270,16 @@ async def test_requeue_puts_a_job_at_the_front_or_the_back(store: JobStore) -> N
     assert [j.id for j in await store.list_queued()] == [a.id, c.id, b.id]
 
 
+async def test_a_clean_hand_back_takes_back_the_attempt_its_start_counted(store: JobStore) -> None:
+    job = await new_job(store)
+    for _ in range(5):
+        await store.mark_running(job.id)
+        handed_back = await store.requeue(job.id, counts_as_attempt=False)
+    assert handed_back.attempts == 0
+    await store.mark_running(job.id)
+    assert (await store.requeue(job.id)).attempts == 1
+
+
 # ---- restart recovery ----------------------------------------------------------------------------------------
 
 

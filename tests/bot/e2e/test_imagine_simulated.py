@@ -358,12 +358,14 @@ async def test_a_job_running_when_the_bot_stops_runs_again_after_the_restart(fak
     assert (await first_bot_store_state(make_bot, job_id)) == "queued"
 
     fresh = SimulatedGenerationClient(seconds_per_job=0.2)
-    await bot_runner.start(make_bot(fresh))
+    bot = await bot_runner.start(make_bot(fresh))
     final = await wait_for_result(fake_discord, world.channel, job_id)
     await wait_for_result(fake_discord, world.channel, waiting_id)
 
     assert final.id == progress.id  # found again, not re-posted
     assert fresh.requests[0].job_id == job_id  # re-run first
+    # A clean stop is not the job's fault: only the run that finished counts, so restarts never use up attempts.
+    assert (await bot.store.get(job_id)).attempts == 1
 
 
 async def first_bot_store_state(make_bot, job_id: str) -> str:
