@@ -88,6 +88,12 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
         # Servers with an open challenge: result_view is synchronous, so the "Submit to challenge" button is
         # decided from this set (kept in step with the store by start, end and cancel).
         self.running_guilds: set[int] = set()
+        # One writer at a time for a challenge's entry messages: a count shown after a vote must never land
+        # after the ending took the Vote buttons away (and bring one back).
+        self._entry_message_locks: dict[int, asyncio.Lock] = {}
+
+    def _entry_message_lock(self, challenge_id: int) -> asyncio.Lock:
+        return self._entry_message_locks.setdefault(challenge_id, asyncio.Lock())
 
     async def cog_load(self) -> None:
         self.running_guilds = await self.store.open_guild_ids()
@@ -440,11 +446,18 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
     async def _show_count(self, challenge: Challenge, entry: Entry) -> None:
         if challenge.counts_hidden or entry.message_id is None:
             return
-        channel = self.bot.get_partial_messageable(challenge.channel_id, guild_id=challenge.guild_id)
-        try:
-            await channel.get_partial_message(entry.message_id).edit(view=entry_view(entry.id, entry.votes))
-        except discord.HTTPException as error:
-            log.info("challenge %s: could not show entry %s's count (%s)", challenge.id, entry.number, error.code)
+        async with self._entry_message_lock(challenge.id):
+            current = await self.store.get(challenge.id)
+            if current is None or current.state != "open":
+                return  # the ending has closed (or is closing) the entry messages; their buttons stay away
+            votes = next((e.votes for e in await self.store.entries(challenge.id) if e.id == entry.id), None)
+            if votes is None:
+                return  # withdrawn meanwhile
+            channel = self.bot.get_partial_messageable(challenge.channel_id, guild_id=challenge.guild_id)
+            try:
+                await channel.get_partial_message(entry.message_id).edit(view=entry_view(entry.id, votes))
+            except discord.HTTPException as error:
+                log.info("challenge %s: could not show entry %s's count (%s)", challenge.id, entry.number, error.code)
 
     # ---- everyone: looking ------------------------------------------------------------------------------
 
@@ -586,6 +599,10 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
 
     async def _close_entry_messages(self, challenge: Challenge, standings: list[Standing] | None) -> None:
         """Entry messages lose their Vote button; after results they show place and votes."""
+        async with self._entry_message_lock(challenge.id):
+            await self._close_entry_messages_locked(challenge, standings)
+
+    async def _close_entry_messages_locked(self, challenge: Challenge, standings: list[Standing] | None) -> None:
         channel = self.bot.get_partial_messageable(challenge.channel_id, guild_id=challenge.guild_id)
         if standings is None:
             standings = [Standing(None, entry) for entry in await self.store.entries(challenge.id)]

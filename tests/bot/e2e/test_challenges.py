@@ -523,3 +523,25 @@ async def test_a_moderator_takes_out_someones_entry_and_it_is_audited(fake_disco
     [action] = await bot.moderation.store.actions(people.guild.id, action="challenge")
     assert (action.action, action.moderator_id) == ("challenge.withdraw", world.mod.id)
     assert f"{people.alice.id}" in action.target
+
+
+async def test_a_count_shown_late_never_brings_the_vote_button_back(fake_discord, people, start_challenge_bot, clock):
+    bot = await start_challenge_bot()
+    job_id, _ = await finished_job(fake_discord, people.channel, people.alice, "a lighthouse")
+    await start_challenge(fake_discord, people, hide_votes=False, duration="1h")
+    await submit(fake_discord, people, people.alice, job_id)
+    posted = entry_message(fake_discord, people.channel, 1)
+    cog = bot.get_cog("ChallengesCog")
+    # What a vote's follow-up holds if it was pressed just before the deadline: the challenge as it was then.
+    stale_challenge = await cog.store.get(1)
+    (stale_entry,) = await cog.store.entries(1)
+
+    clock.advance(3600)
+    cog.scheduler.wake()
+    await fake_discord.wait_for_message(people.channel, lambda m: "has ended" in m.content, timeout=15)
+    await fake_discord.wait_for_message_update(posted, lambda m: not m.buttons())
+    edits = posted.edit_count
+
+    await cog._show_count(stale_challenge, stale_entry)
+
+    assert posted.buttons() == [] and posted.edit_count == edits
