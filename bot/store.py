@@ -209,6 +209,16 @@ CREATE TABLE quota_refunds (
     at          REAL NOT NULL
 );
 
+-- Each member's roles as their last command showed them (the bot has no members intent): the running cap of
+-- a role override applies to their queued jobs after a restart too, before they interact again.
+CREATE TABLE member_roles_seen (
+    guild_id INTEGER NOT NULL,
+    user_id  INTEGER NOT NULL,
+    role_ids TEXT NOT NULL DEFAULT '[]',
+    seen_at  REAL NOT NULL,
+    PRIMARY KEY (guild_id, user_id)
+);
+
 -- Quotas and /stats count a server's jobs by time.
 CREATE INDEX jobs_by_guild_created ON jobs (guild_id, created_at);
 """

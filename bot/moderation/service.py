@@ -76,8 +76,7 @@ class ModerationService:
         self._matchers: dict[int, BannedWords] = {}
         self._blocked: dict[tuple[int, int], BlockedMember] = {}
         # Role ids seen with each member's last job: the dispatcher's running cap needs them, and without the
-        # members intent the bot only learns roles from interactions. (After a restart, until the member
-        # interacts again, role overrides of their running cap are not known; member overrides are.)
+        # members intent the bot only learns roles from interactions. Kept in the store, so a restart keeps them.
         self._roles_seen: dict[tuple[int, int], tuple[int, ...]] = {}
         # One admission at a time per server: check and enqueue together, so two commands cannot both take
         # the last job of a quota.
@@ -92,6 +91,7 @@ class ModerationService:
         self._words = await self.store.banned_words()
         self._matchers = {}
         self._blocked = {(b.guild_id, b.user_id): b for b in await self.store.blocked_members()}
+        self._roles_seen = await self.store.roles_seen()
         if self.queue is not None:
             for settings in self._settings.values():
                 if settings.paused:
@@ -180,7 +180,10 @@ class ModerationService:
     ) -> str | None:
         """Why this member may not queue this job here, as a sentence for them; None when they may.
         Hold `admission_lock(guild_id)` from this check until the job is stored."""
-        self._roles_seen[(guild_id, user_id)] = tuple(role_ids)
+        roles = tuple(sorted(role_ids))
+        if self._roles_seen.get((guild_id, user_id)) != roles:
+            self._roles_seen[(guild_id, user_id)] = roles
+            await self.store.remember_roles(guild_id, user_id, roles)
         blocked = self.blocked_refusal(guild_id, user_id)
         if blocked:
             return blocked

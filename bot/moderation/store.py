@@ -255,6 +255,21 @@ class ModerationStore:
                 )
         return BlockedMember(*row) if row else None
 
+    # -- roles seen --
+
+    async def roles_seen(self) -> dict[tuple[int, int], tuple[int, ...]]:
+        async with self._jobs.reading() as db:
+            async with db.execute("SELECT guild_id, user_id, role_ids FROM member_roles_seen") as cursor:
+                rows = await cursor.fetchall()
+        return {(guild_id, user_id): tuple(json.loads(role_ids)) for guild_id, user_id, role_ids in rows}
+
+    async def remember_roles(self, guild_id: int, user_id: int, role_ids: Iterable[int]) -> None:
+        async with self._jobs.transaction() as db:
+            await db.execute(
+                "INSERT OR REPLACE INTO member_roles_seen (guild_id, user_id, role_ids, seen_at) VALUES (?, ?, ?, ?)",
+                (guild_id, user_id, json.dumps(sorted(role_ids)), self.clock()),
+            )
+
     # -- audit trail --
 
     async def record_action(

@@ -115,3 +115,27 @@ async def test_the_server_running_cap_holds_back_dispatch_per_server(store, cloc
     assert [ref.job_id if ref else None for ref in started] == ["a1", "b1", None]
     queue.finish("a1")
     assert queue.pop_next(can_run_in=service.may_start).job_id == "a2"
+
+
+async def test_a_role_overrides_running_cap_holds_after_a_restart_before_the_member_is_seen_again(db_path, clock) -> None:
+    async with JobStore.open(db_path, clock=clock) as store:
+        service = ModerationService(ModerationStore(store, clock=clock), base_limits=ServerLimits())
+        await service.load()
+        await service.update_settings(GUILD, MOD, "quota.rules", quota_max_running=1)
+        await service.set_override(GUILD, MOD, kind="role", target_id=7, target_name="vip",
+                                   override=Override("role", 7, limits={"max_running": 2}))
+        # Alice queues with the vip role: the admission check is where the bot sees her roles.
+        assert await service.refusal(guild_id=GUILD, channel_id=1, user_id=ALICE, role_ids=[7],
+                                     spec=DreamSpec("a lake", seed=1)) is None
+
+    async with JobStore.open(db_path, clock=clock) as store:
+        queue = FairQueue()
+        service = ModerationService(ModerationStore(store, clock=clock), base_limits=ServerLimits(), queue=queue)
+        await service.load()
+        for seq, job_id in enumerate(["a1", "a2", "a3"], start=1):
+            queue.push(JobRef(job_id, GUILD, ALICE, seq))
+
+        started = [queue.pop_next(can_run_in=service.may_start) for _ in range(3)]
+
+    # Her role's cap of 2, known from before the restart; without it the server's rule (1) would apply.
+    assert [ref.job_id if ref else None for ref in started] == ["a1", "a2", None]
