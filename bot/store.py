@@ -409,6 +409,12 @@ class Job:
             raise ValueError(
                 f"Job {self.id} starts from {self.init_latents_path}; read that file and pass init_latents."
             )
+        return self.settings_spec().with_changes(
+            snapshot_every=snapshot_every, init_latents=init_latents, init_noise=self.init_noise
+        )
+
+    def settings_spec(self) -> DreamSpec:
+        """The prompt and optimiser settings alone, without a variation's starting point (a new job's base)."""
         return DreamSpec(
             prompt=self.prompt,
             negative=self.negative,
@@ -419,9 +425,6 @@ class Job:
             learning_rate=self.learning_rate,
             ema_decay=self.ema_decay,
             max_classes=self.max_classes,
-            snapshot_every=snapshot_every,
-            init_latents=init_latents,
-            init_noise=self.init_noise,
         )
 
 

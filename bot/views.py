@@ -22,7 +22,6 @@ from bot.interactions import queue_from_interaction
 from bot.moderation.service import Actor
 from bot.parsing import RANDOM_SEED_LIMIT
 from bot.store import Job, JobNotFound
-from generator.protocol import DreamSpec
 
 if TYPE_CHECKING:
     from bot.app import BigSleepBot
@@ -132,21 +131,6 @@ async def _reply(interaction: discord.Interaction, text: str) -> None:
 # ---- actions ----------------------------------------------------------------------------------------------
 
 
-def _fresh_spec(job: Job, **changes: Any) -> DreamSpec:
-    """The job's settings without its starting latents (the store keeps only their path)."""
-    return DreamSpec(
-        prompt=job.prompt,
-        negative=job.negative,
-        seed=job.seed,
-        steps=job.steps,
-        size=job.size,
-        cutouts=job.cutouts,
-        learning_rate=job.learning_rate,
-        ema_decay=job.ema_decay,
-        max_classes=job.max_classes,
-    ).with_changes(**changes)
-
-
 def _new_seed() -> int:
     return random.SystemRandom().randrange(RANDOM_SEED_LIMIT)
 
@@ -157,7 +141,7 @@ async def _reroll(bot: BigSleepBot, interaction: discord.Interaction, job: Job) 
         # A reroll of a variation is a fresh dream of the same prompt, at the full length of the original.
         parent = await bot.store.get(job.parent_job_id)
         steps = parent.steps if parent is not None else steps
-    spec = _fresh_spec(job, seed=_new_seed(), steps=steps)
+    spec = job.settings_spec().with_changes(seed=_new_seed(), steps=steps)
     await queue_from_interaction(interaction, spec, kind="reroll", parent_job_id=job.id)
 
 
@@ -166,8 +150,7 @@ async def _vary(bot: BigSleepBot, interaction: discord.Interaction, job: Job) ->
         await _reply(interaction, f"Job `{job.id}` has no finished image to vary any more.")
         return
     settings = bot.settings.variations
-    spec = _fresh_spec(
-        job,
+    spec = job.settings_spec().with_changes(
         seed=_new_seed(),
         steps=max(1, round(job.steps * settings.steps_fraction)),
         init_noise=settings.noise,
