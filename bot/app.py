@@ -28,6 +28,7 @@ from bot.embeds import NO_MENTIONS
 from bot.fair_queue import FairQueue
 from bot.files import ResultFiles
 from bot.health import HealthServer
+from bot.interactions import reply_privately
 from bot.metrics import BotMetrics
 from bot.moderation.service import ModerationService
 from bot.progress import ProgressMessages
@@ -75,10 +76,7 @@ class BigSleepTree(app_commands.CommandTree):
             log.error("/%s failed", command, exc_info=error)
             text = "Something went wrong on my side; please try again in a moment."
         try:
-            if interaction.response.is_done():
-                await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
-            else:
-                await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+            await reply_privately(interaction, text)
         except discord.HTTPException:
             pass
 

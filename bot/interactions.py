@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 
@@ -79,17 +79,15 @@ async def queue_from_interaction(
         return job, position, eta, allowance
 
     work = asyncio.ensure_future(store_and_queue())
-    deferred = False
     try:
         try:
             job, position, eta, allowance = await asyncio.wait_for(asyncio.shield(work), ACKNOWLEDGE_WITHIN_SECONDS)
         except TimeoutError:
             log.warning("queueing took over %.1f s; deferring the interaction", ACKNOWLEDGE_WITHIN_SECONDS)
             await interaction.response.defer(ephemeral=True, thinking=True)
-            deferred = True
             job, position, eta, allowance = await work
     except (QueueFull, Refused) as full:
-        await _answer(interaction, str(full), deferred)
+        await reply_privately(interaction, str(full))
         return None
 
     reachable = bot_can_post(interaction)
@@ -100,13 +98,16 @@ async def queue_from_interaction(
         reply += " This server's moderators have paused its queue: your job waits until they resume it."
     if allowance:
         reply += f" {allowance}"
-    await _answer(interaction, reply, deferred)
+    await reply_privately(interaction, reply)
     bot.progress.announce(job)
     return job
 
 
-async def _answer(interaction: discord.Interaction, text: str, deferred: bool) -> None:
-    if deferred:
-        await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+async def reply_privately(interaction: discord.Interaction, text: str | None = None, **options: Any) -> None:
+    """An answer only the user sees, pinging nobody: the interaction's response, or a followup once that is
+    used (deferred, or already answered). `options` go to discord.py's send (embed, view, file...)."""
+    options.setdefault("allowed_mentions", NO_MENTIONS)
+    if interaction.response.is_done():
+        await interaction.followup.send(discord.utils.MISSING if text is None else text, ephemeral=True, **options)
     else:
-        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        await interaction.response.send_message(text, ephemeral=True, **options)

@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot.dispatcher import NotCancellable
-from bot.embeds import NO_MENTIONS
-from bot.interactions import queue_from_interaction
+from bot.interactions import queue_from_interaction, reply_privately
 from bot.moderation.service import Actor
 from bot.parsing import RANDOM_SEED_LIMIT
 from bot.store import Job, JobNotFound
@@ -61,7 +60,7 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=_TEMPLATE):
         bot: BigSleepBot = interaction.client  # type: ignore[assignment]
         job = await bot.store.get(self.job_id)
         if job is None:
-            await _reply(interaction, f"Job `{self.job_id}` no longer exists.")
+            await reply_privately(interaction, f"Job `{self.job_id}` no longer exists.")
             return
         handler = {
             "reroll": _reroll,
@@ -121,13 +120,6 @@ async def audit_if_moderating(bot: BigSleepBot, interaction: discord.Interaction
     await bot.moderation.record_job_action(job, Actor(interaction.user.id, interaction.user.display_name), action, after)
 
 
-async def _reply(interaction: discord.Interaction, text: str) -> None:
-    if interaction.response.is_done():
-        await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
-    else:
-        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
-
-
 # ---- actions ----------------------------------------------------------------------------------------------
 
 
@@ -147,7 +139,7 @@ async def _reroll(bot: BigSleepBot, interaction: discord.Interaction, job: Job) 
 
 async def _vary(bot: BigSleepBot, interaction: discord.Interaction, job: Job) -> None:
     if job.state != "done" or not job.latents_path or not bot.files.exists(job.latents_path):
-        await _reply(interaction, f"Job `{job.id}` has no finished image to vary any more.")
+        await reply_privately(interaction, f"Job `{job.id}` has no finished image to vary any more.")
         return
     settings = bot.settings.variations
     spec = job.settings_spec().with_changes(
@@ -162,28 +154,28 @@ async def _vary(bot: BigSleepBot, interaction: discord.Interaction, job: Job) ->
 
 async def _cancel(bot: BigSleepBot, interaction: discord.Interaction, job: Job) -> None:
     if not may_manage(interaction, job):
-        await _reply(interaction, "Only the person who asked for this image (or a moderator) can cancel it.")
+        await reply_privately(interaction, "Only the person who asked for this image (or a moderator) can cancel it.")
         return
     try:
         await bot.dispatcher.cancel(job.id)
     except NotCancellable as error:
-        await _reply(interaction, str(error))
+        await reply_privately(interaction, str(error))
         return
     except JobNotFound:
-        await _reply(interaction, f"Job `{job.id}` no longer exists.")
+        await reply_privately(interaction, f"Job `{job.id}` no longer exists.")
         return
     # Audited before the answer, so whatever the moderator does next already sees it in /modlog.
     await audit_if_moderating(bot, interaction, job, "cancel", {"state": "cancelled"})
-    await _reply(interaction, f"Cancelled `{job.id}`.")
+    await reply_privately(interaction, f"Cancelled `{job.id}`.")
 
 
 async def _delete(bot: BigSleepBot, interaction: discord.Interaction, job: Job) -> None:
     if not may_manage(interaction, job):
-        await _reply(interaction, "Only the person who asked for this image (or a moderator) can delete it.")
+        await reply_privately(interaction, "Only the person who asked for this image (or a moderator) can delete it.")
         return
     await bot.store.delete_result(job.id, bot.files.data_dir)
     await audit_if_moderating(bot, interaction, job, "delete", {"image": "deleted"})
-    await _reply(interaction, f"Deleted the image of `{job.id}`.")
+    await reply_privately(interaction, f"Deleted the image of `{job.id}`.")
     if interaction.message is not None:
         try:
             await interaction.message.delete()

@@ -41,6 +41,7 @@ from bot.challenges.store import (
     Entry,
 )
 from bot.embeds import NO_MENTIONS, SPOILER_PREFIX, shorten
+from bot.interactions import reply_privately
 from bot.moderation.service import Actor
 from bot.store import Job
 from bot.views import is_moderator, result_extras
@@ -60,13 +61,6 @@ _REFUSED_BY_CHANNEL = (discord.Forbidden, discord.NotFound)
 def may_run_challenges(interaction: discord.Interaction) -> bool:
     permissions = interaction.permissions
     return bool(permissions.manage_guild or permissions.administrator)
-
-
-async def _reply(interaction: discord.Interaction, text: str, **kwargs: object) -> None:
-    if interaction.response.is_done():
-        await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS, **kwargs)  # type: ignore[arg-type]
-    else:
-        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS, **kwargs)  # type: ignore[arg-type]
 
 
 def _shown_in_embed(attachment_name: str | None) -> str | None:
@@ -132,12 +126,12 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
         hide_votes: bool | None = None,
     ) -> None:
         if not may_run_challenges(interaction):
-            await _reply(interaction, "Starting a challenge needs the Manage Server permission.")
+            await reply_privately(interaction, "Starting a challenge needs the Manage Server permission.")
             return
         assert interaction.guild_id is not None
         theme = " ".join(theme.split())
         if not theme:
-            await _reply(interaction, "The theme is empty; say what the images should show.")
+            await reply_privately(interaction, "The theme is empty; say what the images should show.")
             return
         try:
             seconds = parse_duration(
@@ -146,10 +140,10 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
                 maximum_seconds=self.settings.max_duration_days * 86400,
             )
         except DurationError as problem:
-            await _reply(interaction, str(problem))
+            await reply_privately(interaction, str(problem))
             return
         if await self.store.running(interaction.guild_id) is not None:
-            await _reply(interaction, "This server already has a challenge running; end or cancel it first.")
+            await reply_privately(interaction, "This server already has a challenge running; end or cancel it first.")
             return
         channel_id = channel.id if channel is not None else interaction.channel_id
         assert channel_id is not None
@@ -166,7 +160,7 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
                 upload_limit=interaction.filesize_limit,
             )
         except ChallengeRefused as problem:
-            await _reply(interaction, str(problem))
+            await reply_privately(interaction, str(problem))
             return
         target = self.bot.get_partial_messageable(channel_id, guild_id=interaction.guild_id)
         try:
@@ -178,13 +172,13 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
         except discord.HTTPException as error:
             await self.store.discard(created.id)
             log.info("challenge %s: <#%s> refused the announcement (%s)", created.id, channel_id, error.code)
-            await _reply(interaction, f"I can't post in <#{channel_id}>, so the challenge did not start. "
+            await reply_privately(interaction, f"I can't post in <#{channel_id}>, so the challenge did not start. "
                                       "Pick a channel where I may send messages, files and embeds.")
             return
         await self.store.set_announcement(created.id, announcement.id)
         self.running_guilds.add(created.guild_id)
         self.scheduler.wake()
-        await _reply(
+        await reply_privately(
             interaction,
             f"Challenge #{created.id} is on in <#{channel_id}> for {describe_duration(seconds)}, until "
             f"{texts.when(created.deadline, 'F')}.",
@@ -198,11 +192,11 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
         try:
             await self.store.end_now(running.id)
         except ChallengeRefused as problem:
-            await _reply(interaction, str(problem))
+            await reply_privately(interaction, str(problem))
             return
         self.running_guilds.discard(running.guild_id)
         self.scheduler.wake()
-        await _reply(interaction, f"Challenge #{running.id} is over; the results will be posted in <#{running.channel_id}>.")
+        await reply_privately(interaction, f"Challenge #{running.id} is over; the results will be posted in <#{running.channel_id}>.")
 
     @challenge.command(name="cancel", description="Cancel the running challenge without results (needs Manage Server)")
     async def cancel(self, interaction: discord.Interaction) -> None:
@@ -212,11 +206,11 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
         try:
             cancelled = await self.store.cancel(running.id)
         except ChallengeRefused as problem:
-            await _reply(interaction, str(problem))
+            await reply_privately(interaction, str(problem))
             return
         self.running_guilds.discard(cancelled.guild_id)
         self.scheduler.wake()
-        await _reply(interaction, f"Challenge #{cancelled.id} was cancelled; no results will be posted.")
+        await reply_privately(interaction, f"Challenge #{cancelled.id} was cancelled; no results will be posted.")
         channel = self.bot.get_partial_messageable(cancelled.channel_id, guild_id=cancelled.guild_id)
         try:
             await channel.send(f"Challenge #{cancelled.id} ({texts.theme_text(cancelled)}) was cancelled by a moderator.",
@@ -228,12 +222,12 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
 
     async def _running_for_moderator(self, interaction: discord.Interaction, doing: str) -> Challenge | None:
         if not may_run_challenges(interaction):
-            await _reply(interaction, f"{doing} needs the Manage Server permission.")
+            await reply_privately(interaction, f"{doing} needs the Manage Server permission.")
             return None
         assert interaction.guild_id is not None
         running = await self.store.running(interaction.guild_id)
         if running is None:
-            await _reply(interaction, "No challenge is running in this server.")
+            await reply_privately(interaction, "No challenge is running in this server.")
         return running
 
     # ---- members: entering ------------------------------------------------------------------------------
@@ -267,20 +261,20 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
             return
         challenge = await self.store.running(interaction.guild_id)
         if challenge is None or not challenge.accepts_votes(self.clock()):
-            await _reply(interaction, "No challenge is taking entries in this server right now.")
+            await reply_privately(interaction, "No challenge is taking entries in this server right now.")
             return
         job = await self.bot.store.get(job_id.strip())
         if job is None or job.user_id != interaction.user.id:
-            await _reply(interaction, f"You have no job `{shorten(job_id, 40)}`; only your own images can be entered.")
+            await reply_privately(interaction, f"You have no job `{shorten(job_id, 40)}`; only your own images can be entered.")
             return
         if job.guild_id != interaction.guild_id:
-            await _reply(interaction, f"Job `{job.id}` was made in another server; enter an image you made here.")
+            await reply_privately(interaction, f"Job `{job.id}` was made in another server; enter an image you made here.")
             return
         if job.state != "done":
-            await _reply(interaction, f"Job `{job.id}` has no finished image to enter.")
+            await reply_privately(interaction, f"Job `{job.id}` has no finished image to enter.")
             return
         if not self.bot.files.exists(job.png_path):
-            await _reply(interaction, f"The image of `{job.id}` was deleted, so it can't be entered.")
+            await reply_privately(interaction, f"The image of `{job.id}` was deleted, so it can't be entered.")
             return
         # Copying the image and posting the entry take a moment; the thinking state keeps the interaction alive.
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -298,7 +292,7 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
             )
         except ChallengeRefused as problem:
             self._delete_copy(str(copy))
-            await _reply(interaction, str(problem))
+            await reply_privately(interaction, str(problem))
             return
         try:
             message = await self._post_entry(challenge, entry, png)
@@ -306,11 +300,11 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
             await self.store.remove_entry(entry.id, only_while_open=False)
             self._delete_copy(entry.image_path)
             log.info("challenge %s: could not post entry %s (%s)", challenge.id, entry.number, error.code)
-            await _reply(interaction, f"I couldn't post your entry in <#{challenge.channel_id}>; please tell a moderator.")
+            await reply_privately(interaction, f"I couldn't post your entry in <#{challenge.channel_id}>; please tell a moderator.")
             return
         await self.store.set_entry_message(entry.id, message.id)
         link = texts.message_link(challenge.guild_id, challenge.channel_id, message.id)
-        await _reply(
+        await reply_privately(
             interaction,
             f"Your entry #{entry.number} is in: {link}\nYou can withdraw it with `/challenge withdraw` until "
             f"{texts.when(challenge.deadline, 'R')}.",
@@ -333,7 +327,7 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
         assert interaction.guild_id is not None
         challenge = await self.store.running(interaction.guild_id)
         if challenge is None:
-            await _reply(interaction, "No challenge is running in this server.")
+            await reply_privately(interaction, "No challenge is running in this server.")
             return
         mine = await self.store.entries_of(challenge.id, interaction.user.id)
         target: Entry | None
@@ -342,7 +336,7 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
                 text = ("You have no entries in the running challenge." if not mine else
                         f"You have {len(mine)} entries ({', '.join(f'#{e.number}' for e in mine)}); "
                         "say which: `/challenge withdraw entry:<number>`.")
-                await _reply(interaction, text)
+                await reply_privately(interaction, text)
                 return
             target = mine[0]
         else:
@@ -350,15 +344,15 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
             # A moderator may take out anyone's entry (one that breaks the server's rules), as they may delete
             # anyone's image.
             if target is None or (target.user_id != interaction.user.id and not is_moderator(interaction)):
-                await _reply(interaction, f"You have no entry #{entry} in the running challenge.")
+                await reply_privately(interaction, f"You have no entry #{entry} in the running challenge.")
                 return
         try:
             removed = await self.store.remove_entry(target.id)
         except ChallengeRefused as problem:
-            await _reply(interaction, str(problem))
+            await reply_privately(interaction, str(problem))
             return
         self._delete_copy(removed.image_path)
-        await _reply(interaction, f"Withdrew entry #{removed.number}.")
+        await reply_privately(interaction, f"Withdrew entry #{removed.number}.")
         if removed.user_id != interaction.user.id:
             await self.bot.moderation.record(
                 challenge.guild_id, Actor(interaction.user.id, interaction.user.display_name), "challenge.withdraw",
@@ -399,7 +393,7 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
         refusal = self.bot.moderation.blocked_refusal(interaction.guild_id, interaction.user.id)
         if refusal is None:
             return False
-        await _reply(interaction, refusal)
+        await reply_privately(interaction, refusal)
         return True
 
     def _delete_copy(self, relative: str) -> None:
@@ -416,14 +410,14 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
         try:
             entry = await self.store.vote(entry_id, interaction.user.id)
         except AlreadyVoted as already:
-            await _reply(interaction, f"{already} Votes can be changed until the deadline:", view=unvote_view(entry_id))
+            await reply_privately(interaction, f"{already} Votes can be changed until the deadline:", view=unvote_view(entry_id))
             return
         except ChallengeRefused as problem:
-            await _reply(interaction, str(problem))
+            await reply_privately(interaction, str(problem))
             return
         challenge = await self.store.get(entry.challenge_id)
         assert challenge is not None
-        await _reply(
+        await reply_privately(
             interaction,
             f"Your vote for entry #{entry.number} is in; press Vote again to take it back before "
             f"{texts.when(challenge.deadline, 'R')}.",
@@ -479,7 +473,7 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
         else:
             challenge = await self.store.get(id)
         if challenge is None or challenge.guild_id != interaction.guild_id:
-            await _reply(interaction, "There is no such challenge in this server." if id else "No challenges here yet.")
+            await reply_privately(interaction, "There is no such challenge in this server." if id else "No challenges here yet.")
             return
         standings = await self._standings(challenge)
         embed = texts.show_embed(challenge, standings, now=self.clock())

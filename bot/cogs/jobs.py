@@ -13,6 +13,7 @@ from discord.ext import commands
 from bot import embeds
 from bot.dispatcher import NotCancellable
 from bot.embeds import NO_MENTIONS
+from bot.interactions import reply_privately
 from bot.store import Job, JobNotFound
 from bot.views import audit_if_moderating, is_moderator, may_manage, result_view
 
@@ -68,27 +69,27 @@ class JobsCog(commands.Cog):
         if job is None:
             active = await self.bot.store.active_jobs(interaction.user.id)
             if not active:
-                await self._reply(interaction, "You have no waiting or running jobs.")
+                await reply_privately(interaction, "You have no waiting or running jobs.")
                 return
             if len(active) > 1:
                 ids = ", ".join(f"`{j.id}`" for j in active[:10])
-                await self._reply(interaction, f"You have {len(active)} jobs ({ids}); say which: `/cancel job:<id>`.")
+                await reply_privately(interaction, f"You have {len(active)} jobs ({ids}); say which: `/cancel job:<id>`.")
                 return
             target = active[0]
         else:
             target = await self.bot.store.get(job)
             if target is None or not may_manage(interaction, target):
                 # Someone else's job looks the same as no job, unless you moderate its server.
-                await self._reply(interaction, f"You have no job `{embeds.shorten(job, 40)}`.")
+                await reply_privately(interaction, f"You have no job `{embeds.shorten(job, 40)}`.")
                 return
         try:
             cancelled = await self.bot.dispatcher.cancel(target.id)
         except (NotCancellable, JobNotFound) as problem:
-            await self._reply(interaction, str(problem))
+            await reply_privately(interaction, str(problem))
             return
         # Audited before the answer, so whatever the moderator does next already sees it in /modlog.
         await audit_if_moderating(self.bot, interaction, target, "cancel", {"state": cancelled.state})
-        await self._reply(interaction, f"Cancelled `{cancelled.id}`.")
+        await reply_privately(interaction, f"Cancelled `{cancelled.id}`.")
 
     @cancel.autocomplete("job")
     async def _cancel_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
@@ -106,13 +107,13 @@ class JobsCog(commands.Cog):
     async def show(self, interaction: discord.Interaction, job: str) -> None:
         found = await self.bot.store.get(job)
         if found is None or (found.user_id != interaction.user.id and found.guild_id != interaction.guild_id):
-            await self._reply(interaction, f"There is no job `{embeds.shorten(job, 40)}` here.")
+            await reply_privately(interaction, f"There is no job `{embeds.shorten(job, 40)}` here.")
             return
         if found.state != "done":
-            await self._reply(interaction, self._status_sentence(found))
+            await reply_privately(interaction, self._status_sentence(found))
             return
         if not self.bot.files.exists(found.png_path):
-            await self._reply(interaction, f"The image of `{found.id}` was deleted.")
+            await reply_privately(interaction, f"The image of `{found.id}` was deleted.")
             return
         # Reading and uploading the file can take a moment; the thinking state keeps the interaction alive.
         await interaction.response.defer(thinking=True)
@@ -168,7 +169,3 @@ class JobsCog(commands.Cog):
             if len(choices) == _AUTOCOMPLETE_CHOICES:
                 break
         return choices
-
-    @staticmethod
-    async def _reply(interaction: discord.Interaction, text: str) -> None:
-        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)

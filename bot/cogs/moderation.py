@@ -20,6 +20,7 @@ from discord.ext import commands
 
 from bot import embeds
 from bot.embeds import NO_MENTIONS
+from bot.interactions import reply_privately
 from bot.moderation.quotas import (
     LIMIT_LABELS,
     LIMIT_NAMES,
@@ -83,16 +84,6 @@ def _show(value: Any, none: str = "no limit") -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
-
-
-async def _reply(interaction: discord.Interaction, text: str | None = None, *, embed: discord.Embed | None = None) -> None:
-    kwargs: dict[str, Any] = {"ephemeral": True, "allowed_mentions": NO_MENTIONS}
-    if embed is not None:
-        kwargs["embed"] = embed
-    if interaction.response.is_done():
-        await interaction.followup.send(text or discord.utils.MISSING, **kwargs)
-    else:
-        await interaction.response.send_message(text, **kwargs)
 
 
 def settings_embed(service: ModerationService, guild_id: int) -> discord.Embed:
@@ -260,12 +251,12 @@ class QuotaCommands(app_commands.Group):
         target = member or interaction.user
         own = target.id == interaction.user.id
         if not own and not _is_manager(interaction):
-            await _reply(interaction, "Only moderators (Manage Server) can see another member's allowance; "
+            await reply_privately(interaction, "Only moderators (Manage Server) can see another member's allowance; "
                                       "leave out `member` to see yours.")
             return
         roles = [role.id for role in getattr(target, "roles", ())]
         status = await self.cog.service.quota_status(interaction.guild_id, target.id, roles)  # type: ignore[arg-type]
-        await _reply(interaction, embed=quota_embed(status, target, own=own))
+        await reply_privately(interaction, embed=quota_embed(status, target, own=own))
 
 
 class SettingsCommands(_ModeratorGroup):
@@ -286,11 +277,11 @@ class SettingsCommands(_ModeratorGroup):
         return self.cog.service
 
     async def _done(self, interaction: discord.Interaction, text: str) -> None:
-        await _reply(interaction, text, embed=settings_embed(self.service, interaction.guild_id))  # type: ignore[arg-type]
+        await reply_privately(interaction, text, embed=settings_embed(self.service, interaction.guild_id))  # type: ignore[arg-type]
 
     @app_commands.command(name="show", description="Show this server's settings")
     async def show(self, interaction: discord.Interaction) -> None:
-        await _reply(interaction, embed=settings_embed(self.service, interaction.guild_id))  # type: ignore[arg-type]
+        await reply_privately(interaction, embed=settings_embed(self.service, interaction.guild_id))  # type: ignore[arg-type]
 
     @app_commands.command(name="limits", description="Default and maximum steps and size for this server")
     @app_commands.describe(
@@ -313,11 +304,11 @@ class SettingsCommands(_ModeratorGroup):
         given = {"default_steps": default_steps, "max_steps": max_steps, "default_size": default_size, "max_size": max_size}
         changes = {key: (value or None) for key, value in given.items() if value is not None}
         if not changes:
-            await _reply(interaction, "Name at least one of default_steps, max_steps, default_size, max_size.")
+            await reply_privately(interaction, "Name at least one of default_steps, max_steps, default_size, max_size.")
             return
         problem = self._limits_problem(guild_id, changes)
         if problem:
-            await _reply(interaction, problem)
+            await reply_privately(interaction, problem)
             return
         await self.service.update_settings(guild_id, _actor(interaction), "settings.limits", **changes)
         await self._done(interaction, "Limits updated.")
@@ -357,12 +348,12 @@ class SettingsCommands(_ModeratorGroup):
             await self._done(interaction, "/imagine works in every channel again.")
             return
         if channel is None:
-            await _reply(interaction, "Name the channel to add or remove.")
+            await reply_privately(interaction, "Name the channel to add or remove.")
             return
         changed = await self.service.set_channel(guild_id, _actor(interaction), channel.id, action == "add")
         if changed is None:
             state = "already allowed" if action == "add" else "not on the list"
-            await _reply(interaction, f"<#{channel.id}> is {state}; nothing changed.")
+            await reply_privately(interaction, f"<#{channel.id}> is {state}; nothing changed.")
             return
         await self._done(interaction, f"{'Allowed' if action == 'add' else 'Removed'} <#{channel.id}>.")
 
@@ -374,7 +365,7 @@ class SettingsCommands(_ModeratorGroup):
     @app_commands.command(name="pause", description="Stop starting this server's jobs (they keep their places)")
     async def pause(self, interaction: discord.Interaction) -> None:
         if self.service.settings(interaction.guild_id).paused:  # type: ignore[arg-type]
-            await _reply(interaction, "This server's queue is already paused.")
+            await reply_privately(interaction, "This server's queue is already paused.")
             return
         await self.service.update_settings(interaction.guild_id, _actor(interaction), "queue.pause", paused=True)  # type: ignore[arg-type]
         await self._done(interaction, "Paused: this server's jobs wait until `/settings resume`. Running ones finish.")
@@ -382,7 +373,7 @@ class SettingsCommands(_ModeratorGroup):
     @app_commands.command(name="resume", description="Start this server's jobs again")
     async def resume(self, interaction: discord.Interaction) -> None:
         if not self.service.settings(interaction.guild_id).paused:  # type: ignore[arg-type]
-            await _reply(interaction, "This server's queue is not paused.")
+            await reply_privately(interaction, "This server's queue is not paused.")
             return
         await self.service.update_settings(interaction.guild_id, _actor(interaction), "queue.resume", paused=False)  # type: ignore[arg-type]
         await self._done(interaction, "Resumed.")
@@ -391,35 +382,35 @@ class SettingsCommands(_ModeratorGroup):
     @app_commands.describe(reason="Shown to the member when they try")
     async def block(self, interaction: discord.Interaction, member: discord.Member, reason: app_commands.Range[str, 0, 200] = "") -> None:
         if member.id == interaction.user.id:
-            await _reply(interaction, "You can't block yourself.")
+            await reply_privately(interaction, "You can't block yourself.")
             return
         if member.bot:
-            await _reply(interaction, "Bots can't use the bot anyway; nothing to block.")
+            await reply_privately(interaction, "Bots can't use the bot anyway; nothing to block.")
             return
         guild_id = interaction.guild_id
         assert guild_id is not None
         reason = reason.strip()
         already = self.service.blocked(guild_id, member.id)
         if already is not None and already.reason == reason:
-            await _reply(interaction, f"<@{member.id}> is already blocked here; nothing changed.")
+            await reply_privately(interaction, f"<@{member.id}> is already blocked here; nothing changed.")
             return
         await self.service.block(guild_id, _actor(interaction), member.id, member.display_name, reason)
         if already is not None:
-            await _reply(interaction, f"<@{member.id}> was already blocked; the reason is updated.")
+            await reply_privately(interaction, f"<@{member.id}> was already blocked; the reason is updated.")
             return
-        await _reply(interaction, f"Blocked <@{member.id}> from making images here. Their queued jobs stay; cancel them with /cancel if needed.")
+        await reply_privately(interaction, f"Blocked <@{member.id}> from making images here. Their queued jobs stay; cancel them with /cancel if needed.")
 
     @app_commands.command(name="unblock", description="Let a blocked member use the bot again")
     async def unblock(self, interaction: discord.Interaction, member: discord.Member) -> None:
         entry = await self.service.unblock(interaction.guild_id, _actor(interaction), member.id, member.display_name)  # type: ignore[arg-type]
-        await _reply(interaction, f"Unblocked <@{member.id}>." if entry else f"<@{member.id}> was not blocked.")
+        await reply_privately(interaction, f"Unblocked <@{member.id}>." if entry else f"<@{member.id}> was not blocked.")
 
     @app_commands.command(name="log-channel", description="Post every moderator action to a channel (empty: stop)")
     async def log_channel(self, interaction: discord.Interaction, channel: discord.TextChannel | None = None) -> None:
         if channel is not None:
             mine = channel.permissions_for(channel.guild.me) if channel.guild.me else None
             if mine is not None and not (mine.view_channel and mine.send_messages and mine.embed_links):
-                await _reply(interaction, f"I can't post embeds in <#{channel.id}>; give me View Channel, Send Messages and Embed Links there first.")
+                await reply_privately(interaction, f"I can't post embeds in <#{channel.id}>; give me View Channel, Send Messages and Embed Links there first.")
                 return
         await self.service.update_settings(
             interaction.guild_id, _actor(interaction), "settings.log_channel",  # type: ignore[arg-type]
@@ -438,31 +429,31 @@ class SettingsCommands(_ModeratorGroup):
         too_long = [w for w in wanted if len(w.strip("*")) > MAX_WORD_LENGTH]
         if unusable or too_long:
             bad = ", ".join(f"“{embeds.shorten(w, 30)}”" for w in (unusable + too_long)[:5])
-            await _reply(interaction, f"These can't be used as banned words (they need letters, at most {MAX_WORD_LENGTH}): {bad}. Nothing changed.")
+            await reply_privately(interaction, f"These can't be used as banned words (they need letters, at most {MAX_WORD_LENGTH}): {bad}. Nothing changed.")
             return
         existing = self.service.banned_words(guild_id)
         if len(set(existing) | set(wanted)) > MAX_WORDS_PER_SERVER:
-            await _reply(interaction, f"A server can ban at most {MAX_WORDS_PER_SERVER} words. Nothing changed.")
+            await reply_privately(interaction, f"A server can ban at most {MAX_WORDS_PER_SERVER} words. Nothing changed.")
             return
         added, _ = await self.service.change_words(guild_id, _actor(interaction), add=wanted)
-        await _reply(interaction, f"Added {len(added)} word(s)." if added else "Those words were already banned.")
+        await reply_privately(interaction, f"Added {len(added)} word(s)." if added else "Those words were already banned.")
 
     @words.command(name="remove", description="Allow these words again (comma-separated)")
     async def words_remove(self, interaction: discord.Interaction, words: app_commands.Range[str, 1, 1000]) -> None:
         removed, _ = await self.service.change_words(interaction.guild_id, _actor(interaction), remove=_parse_words(words))  # type: ignore[arg-type]
-        await _reply(interaction, f"Removed {len(removed)} word(s)." if removed else "None of those words were banned.")
+        await reply_privately(interaction, f"Removed {len(removed)} word(s)." if removed else "None of those words were banned.")
 
     @words.command(name="list", description="This server's banned words")
     async def words_list(self, interaction: discord.Interaction) -> None:
         words = self.service.banned_words(interaction.guild_id)  # type: ignore[arg-type]
         # Whole items only: a spoiler cut in half would show the rest of the word in the clear.
         text = fit_list([f"||{discord.utils.escape_markdown(w)}||" for w in words], limit=1900)
-        await _reply(interaction, f"Banned words ({len(words)}): {text}" if words else "No banned words.")
+        await reply_privately(interaction, f"Banned words ({len(words)}): {text}" if words else "No banned words.")
 
     @words.command(name="test", description="Would this prompt be refused here?")
     async def words_test(self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, 1000]) -> None:
         found = self.service.matcher_for(interaction.guild_id).find(prompt)  # type: ignore[arg-type]
-        await _reply(interaction, f"Refused: it matches “{found}”." if found else "Allowed: no banned word found.")
+        await reply_privately(interaction, f"Refused: it matches “{found}”." if found else "Allowed: no banned word found.")
 
     # -- /settings quota --
 
@@ -479,7 +470,7 @@ class SettingsCommands(_ModeratorGroup):
         given = {"per_day": per_day, "per_hour": per_hour, "max_queued": max_queued, "max_running": max_running}
         changes = {f"quota_{key}": (value or None) for key, value in given.items() if value is not None}
         if not changes:
-            await _reply(interaction, "Name at least one limit: per_day, per_hour, max_queued, max_running.")
+            await reply_privately(interaction, "Name at least one limit: per_day, per_hour, max_queued, max_running.")
             return
         await self.service.update_settings(interaction.guild_id, _actor(interaction), "quota.rules", **changes)  # type: ignore[arg-type]
         await self._done(interaction, "Quota rules updated.")
@@ -498,7 +489,7 @@ class SettingsCommands(_ModeratorGroup):
         if gpu_minutes is not None:
             changes["budget_gpu_minutes_per_day"] = gpu_minutes or None
         if not changes:
-            await _reply(interaction, "Name jobs or gpu_minutes.")
+            await reply_privately(interaction, "Name jobs or gpu_minutes.")
             return
         await self.service.update_settings(interaction.guild_id, _actor(interaction), "quota.budget", **changes)  # type: ignore[arg-type]
         await self._done(interaction, "Server budget updated.")
@@ -528,10 +519,10 @@ class SettingsCommands(_ModeratorGroup):
         given = {"per_day": per_day, "per_hour": per_hour, "max_queued": max_queued, "max_running": max_running}
         limits = {key: (value or None) for key, value in given.items() if value is not None}
         if mode == "custom" and not limits:
-            await _reply(interaction, "A custom override needs at least one limit (per_day, per_hour, max_queued, max_running).")
+            await reply_privately(interaction, "A custom override needs at least one limit (per_day, per_hour, max_queued, max_running).")
             return
         if mode != "custom" and limits:
-            await _reply(interaction, f"Limits only go with mode “custom limits”; for “{mode}” leave them out.")
+            await reply_privately(interaction, f"Limits only go with mode “custom limits”; for “{mode}” leave them out.")
             return
         override = None if mode == "remove" else Override(kind, target.id, mode == "exempt", limits)
         name = target.name if kind == "role" else target.display_name  # type: ignore[union-attr]
@@ -611,7 +602,7 @@ class ModerationCog(commands.Cog):
             interaction.guild_id, limit=MODLOG_LENGTH + 1, offset=(page - 1) * MODLOG_LENGTH,  # type: ignore[arg-type]
             moderator_id=moderator.id if moderator else None, action=action,
         )
-        await _reply(interaction, embed=modlog_embed(entries[:MODLOG_LENGTH], page=page, more=len(entries) > MODLOG_LENGTH))
+        await reply_privately(interaction, embed=modlog_embed(entries[:MODLOG_LENGTH], page=page, more=len(entries) > MODLOG_LENGTH))
 
     @app_commands.command(name="stats", description="Moderators: this server's usage")
     @app_commands.guild_only()
@@ -621,7 +612,7 @@ class ModerationCog(commands.Cog):
         _require_manager(interaction)
         now = self.service.store.clock()
         rows = await self.service.store.stats_rows(interaction.guild_id, since=period_start(now, days))  # type: ignore[arg-type]
-        await _reply(interaction, embed=stats_embed(summarize(rows, now=now, days=days)))
+        await reply_privately(interaction, embed=stats_embed(summarize(rows, now=now, days=days)))
 
 
 
