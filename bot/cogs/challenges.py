@@ -44,7 +44,7 @@ from bot.embeds import NO_MENTIONS, SPOILER_PREFIX, shorten
 from bot.interactions import reply_privately
 from bot.moderation.service import Actor
 from bot.store import Job
-from bot.views import is_moderator, result_extras
+from bot.views import is_moderator, manages_server, result_extras
 
 if TYPE_CHECKING:
     from bot.app import BigSleepBot
@@ -56,11 +56,6 @@ MAX_THEME_CHARS = 200
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 _AUTOCOMPLETE_CHOICES = 25
 _REFUSED_BY_CHANNEL = (discord.Forbidden, discord.NotFound)
-
-
-def may_run_challenges(interaction: discord.Interaction) -> bool:
-    permissions = interaction.permissions
-    return bool(permissions.manage_guild or permissions.administrator)
 
 
 def _shown_in_embed(attachment_name: str | None) -> str | None:
@@ -125,7 +120,7 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
         max_entries_per_member: app_commands.Range[int, 1, 25] | None = None,
         hide_votes: bool | None = None,
     ) -> None:
-        if not may_run_challenges(interaction):
+        if not manages_server(interaction):
             await reply_privately(interaction, "Starting a challenge needs the Manage Server permission.")
             return
         assert interaction.guild_id is not None
@@ -221,7 +216,7 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
         await self._update_announcement(cancelled)
 
     async def _running_for_moderator(self, interaction: discord.Interaction, doing: str) -> Challenge | None:
-        if not may_run_challenges(interaction):
+        if not manages_server(interaction):
             await reply_privately(interaction, f"{doing} needs the Manage Server permission.")
             return None
         assert interaction.guild_id is not None

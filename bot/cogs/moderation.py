@@ -33,6 +33,7 @@ from bot.moderation.stats import ServerStats, period_start, summarize
 from bot.moderation.store import ModAction, ModerationStore
 from bot.moderation.wordfilter import MAX_WORD_LENGTH, normalize_entry
 from bot.parsing import ServerLimits
+from bot.views import manages_server
 from generator.protocol import ALLOWED_SIZES, MAX_STEPS
 
 if TYPE_CHECKING:
@@ -55,14 +56,9 @@ _SIZE_CHOICES = [app_commands.Choice(name="the bot's default", value=0)] + [
 ]
 
 
-def _is_manager(interaction: discord.Interaction) -> bool:
-    permissions = interaction.permissions
-    return bool(permissions.manage_guild or permissions.administrator)
-
-
 def _require_manager(interaction: discord.Interaction) -> None:
     """The bot's own check behind Discord's: Manage Server (or Administrator) in this server."""
-    if not _is_manager(interaction):
+    if not manages_server(interaction):
         raise app_commands.MissingPermissions(["manage_guild"])
 
 
@@ -250,7 +246,7 @@ class QuotaCommands(app_commands.Group):
     async def show(self, interaction: discord.Interaction, member: discord.Member | None = None) -> None:
         target = member or interaction.user
         own = target.id == interaction.user.id
-        if not own and not _is_manager(interaction):
+        if not own and not manages_server(interaction):
             await reply_privately(interaction, "Only moderators (Manage Server) can see another member's allowance; "
                                       "leave out `member` to see yours.")
             return
