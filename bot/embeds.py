@@ -27,6 +27,11 @@ STATE_WORDS = {
 }
 
 
+def when(timestamp: float, style: str = "f") -> str:
+    """A Discord timestamp: every reader sees it in their own time zone ("R": relative, "F": long date)."""
+    return f"<t:{int(timestamp)}:{style}>"
+
+
 def shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -181,11 +186,11 @@ def history_embed(jobs: Sequence[Job]) -> discord.Embed:
         return embed
     lines = []
     for job in jobs:
-        when = f"<t:{int(job.created_at)}:R>"
+        created = when(job.created_at, "R")
         link = ""
         if job.progress_message_id:
             link = f" [message](https://discord.com/channels/{job.guild_id}/{job.channel_id}/{job.progress_message_id})"
-        lines.append(f"`{job.id}` {STATE_WORDS.get(job.state, job.state)} {when}{link} - {quoted_prompt(job.prompt, 100)}")
+        lines.append(f"`{job.id}` {STATE_WORDS.get(job.state, job.state)} {created}{link} - {quoted_prompt(job.prompt, 100)}")
     embed.description = shorten("\n".join(lines), 4000)
     embed.set_footer(text="/show job:<id> posts a finished image again.")
     return embed

@@ -10,7 +10,7 @@ import discord
 from bot.challenges.durations import describe_duration
 from bot.challenges.results import Standing, ordinal
 from bot.challenges.store import Challenge, Entry, LeaderboardRow
-from bot.embeds import quoted_prompt, shorten
+from bot.embeds import quoted_prompt, shorten, when
 
 _DESCRIPTION = 4000
 _FIELD_VALUE = 1024
@@ -18,11 +18,6 @@ _CONTENT = 2000
 _PINGED_USERS = 100  # allowed_mentions.users takes at most 100 ids
 _AND_OTHERS = " and everyone else on the podium!"
 MEDALS = {1: "🥇", 2: "🥈", 3: "🥉"}
-
-
-def when(timestamp: float, style: str = "f") -> str:
-    """A Discord timestamp: every reader sees it in their own time zone."""
-    return f"<t:{int(timestamp)}:{style}>"
 
 
 def theme_text(challenge: Challenge, limit: int = 200) -> str:

@@ -40,7 +40,7 @@ from bot.challenges.store import (
     ChallengeStore,
     Entry,
 )
-from bot.embeds import NO_MENTIONS, SPOILER_PREFIX, shorten
+from bot.embeds import NO_MENTIONS, SPOILER_PREFIX, shorten, when
 from bot.interactions import reply_privately
 from bot.moderation.service import Actor
 from bot.store import Job
@@ -176,7 +176,7 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
         await reply_privately(
             interaction,
             f"Challenge #{created.id} is on in <#{channel_id}> for {describe_duration(seconds)}, until "
-            f"{texts.when(created.deadline, 'F')}.",
+            f"{when(created.deadline, 'F')}.",
         )
 
     @challenge.command(name="end", description="End the running challenge now and post the results (needs Manage Server)")
@@ -302,7 +302,7 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
         await reply_privately(
             interaction,
             f"Your entry #{entry.number} is in: {link}\nYou can withdraw it with `/challenge withdraw` until "
-            f"{texts.when(challenge.deadline, 'R')}.",
+            f"{when(challenge.deadline, 'R')}.",
         )
 
     async def _post_entry(self, challenge: Challenge, entry: Entry, png: bytes) -> discord.Message:
@@ -415,7 +415,7 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
         await reply_privately(
             interaction,
             f"Your vote for entry #{entry.number} is in; press Vote again to take it back before "
-            f"{texts.when(challenge.deadline, 'R')}.",
+            f"{when(challenge.deadline, 'R')}.",
         )
         await self._show_count(challenge, entry)
 

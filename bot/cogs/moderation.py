@@ -161,7 +161,7 @@ def modlog_embed(entries: list[ModAction], *, page: int, more: bool) -> discord.
     lines = []
     for entry in entries:
         change = embeds.shorten(f"{_describe_change(entry.before)} → {_describe_change(entry.after)}", 300)
-        line = f"<t:{int(entry.at)}:f> <@{entry.moderator_id}> **{entry.action}** {embeds.shorten(entry.target, 150)}: {change}"
+        line = f"{embeds.when(entry.at)} <@{entry.moderator_id}> **{entry.action}** {embeds.shorten(entry.target, 150)}: {change}"
         lines.append(embeds.shorten(line, share))
     embed.description = "\n".join(lines)
     footer = f"Page {page}"
