@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Protocol
 
 from bot.fair_queue import FairQueue, JobRef, UserCaps, estimate_wait
 from bot.files import ResultFiles
+from bot.locks import KeyedLocks
 from bot.logs import bind_job
 from bot.store import IllegalTransition, Job, JobKind, JobNotFound, JobStore
 from generator.protocol import (
@@ -186,8 +186,7 @@ class Dispatcher:
         self._main_task: asyncio.Task[None] | None = None
         self._replacing: asyncio.Task[None] | None = None
         self._handed_back: list[JobRef] = []
-        # Weak, so a user's lock lives only while some command of theirs holds it.
-        self._user_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._user_lock = KeyedLocks()
         # Newest first, like JobStore.recent_durations.
         self._durations: deque[float] = deque(recent_durations or (), maxlen=self.settings.eta_history)
 
@@ -340,12 +339,6 @@ class Dispatcher:
 
     # -- queueing --
 
-    def _lock_for(self, user_id: int) -> asyncio.Lock:
-        lock = self._user_locks.get(user_id)
-        if lock is None:
-            lock = self._user_locks[user_id] = asyncio.Lock()
-        return lock
-
     async def enqueue(
         self,
         *,
@@ -359,8 +352,7 @@ class Dispatcher:
         init_latents_path: str | None = None,
     ) -> Job:
         """Store and queue a job, or raise QueueFull. The user's lock makes admit -> create -> push atomic."""
-        lock = self._lock_for(user_id)
-        async with lock:
+        async with self._user_lock(user_id):
             admission = self.queue.admit(user_id, self.settings.caps)
             if not admission:
                 raise QueueFull(admission.reason)

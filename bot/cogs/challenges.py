@@ -42,6 +42,7 @@ from bot.challenges.store import (
 )
 from bot.embeds import NO_MENTIONS, SPOILER_PREFIX, shorten, when
 from bot.interactions import reply_privately
+from bot.locks import KeyedLocks
 from bot.moderation.service import Actor
 from bot.store import Job
 from bot.views import is_moderator, manages_server, result_extras
@@ -79,10 +80,7 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
         self.running_guilds: set[int] = set()
         # One writer at a time for a challenge's entry messages: a count shown after a vote must never land
         # after the ending took the Vote buttons away (and bring one back).
-        self._entry_message_locks: dict[int, asyncio.Lock] = {}
-
-    def _entry_message_lock(self, challenge_id: int) -> asyncio.Lock:
-        return self._entry_message_locks.setdefault(challenge_id, asyncio.Lock())
+        self._entry_message_lock = KeyedLocks()
 
     async def cog_load(self) -> None:
         self.running_guilds = await self.store.open_guild_ids()

@@ -8,13 +8,13 @@ go through here, so the copy stays true); usage for quotas is counted from the s
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from bot.fair_queue import FairQueue
+from bot.locks import KeyedLocks
 from bot.moderation.quotas import (
     DAY,
     Override,
@@ -80,7 +80,7 @@ class ModerationService:
         self._roles_seen: dict[tuple[int, int], tuple[int, ...]] = {}
         # One admission at a time per server: check and enqueue together, so two commands cannot both take
         # the last job of a quota.
-        self._admission_locks: dict[int, asyncio.Lock] = {}
+        self.admission_lock = KeyedLocks()
 
     async def load(self) -> None:
         self._settings = {s.guild_id: s for s in await self.store.all_settings()}
@@ -160,12 +160,6 @@ class ModerationService:
             server_events=server_events,
             now=now,
         )
-
-    def admission_lock(self, guild_id: int) -> asyncio.Lock:
-        lock = self._admission_locks.get(guild_id)
-        if lock is None:
-            lock = self._admission_locks[guild_id] = asyncio.Lock()
-        return lock
 
     def blocked_refusal(self, guild_id: int, user_id: int) -> str | None:
         """The sentence for a member the moderators blocked from the bot in this server; None when not blocked."""
