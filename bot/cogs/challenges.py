@@ -437,12 +437,12 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
             current = await self.store.get(challenge.id)
             if current is None or current.state != "open":
                 return  # the ending has closed (or is closing) the entry messages; their buttons stay away
-            votes = next((e.votes for e in await self.store.entries(challenge.id) if e.id == entry.id), None)
-            if votes is None:
+            fresh = await self.store.entry(entry.id)
+            if fresh is None:
                 return  # withdrawn meanwhile
             channel = self.bot.get_partial_messageable(challenge.channel_id, guild_id=challenge.guild_id)
             try:
-                await channel.get_partial_message(entry.message_id).edit(view=entry_view(entry.id, votes))
+                await channel.get_partial_message(entry.message_id).edit(view=entry_view(entry.id, fresh.votes))
             except discord.HTTPException as error:
                 log.info("challenge %s: could not show entry %s's count (%s)", challenge.id, entry.number, error.code)
 
