@@ -4,7 +4,7 @@
     .venv/bin/python -m benchmarks.bot_load --quick      # a 10-second smoke run
     .venv/bin/python -m benchmarks.bot_load --json out.json
 
-It measures the bot, not the GPU: the worker is `bot.simulated.SimulatedGenerationClient`, which takes a fixed
+It measures the bot, not the GPU: the worker is `bot.jobs.simulated.SimulatedGenerationClient`, which takes a fixed
 time per job. The bot, the fake Discord (tests/fakediscord) and the simulated users share one process and one
 event loop, as in the end-to-end tests, so the latencies include the fake's own work and are pessimistic.
 
@@ -47,10 +47,10 @@ import yarl
 from fakediscord import FakeDiscord
 
 from bot.app import BigSleepBot
-from bot.fair_queue import FairQueue, JobRef
+from bot.jobs.fair_queue import FairQueue, JobRef
+from bot.jobs.simulated import SimulatedGenerationClient
+from bot.jobs.store import JobStore
 from bot.settings import BotSettings
-from bot.simulated import SimulatedGenerationClient
-from bot.store import JobStore
 from generator.protocol import DreamSpec
 
 ACK_TARGET_P99_S = 0.250

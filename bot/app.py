@@ -19,22 +19,21 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.challenges import ChallengesCog
-from bot.cogs.imagine import ImagineCog
-from bot.cogs.jobs import JobsCog
-from bot.cogs.moderation import ModerationCog
-from bot.dispatcher import Dispatcher, GenerationBackend, settings_from
-from bot.embeds import NO_MENTIONS
-from bot.fair_queue import FairQueue
-from bot.files import ResultFiles
+from bot.challenges.commands import ChallengesCog
 from bot.health import HealthServer
-from bot.interactions import reply_privately
+from bot.jobs.buttons import JobButton
+from bot.jobs.commands import JobsCog
+from bot.jobs.dispatcher import Dispatcher, GenerationBackend, settings_from
+from bot.jobs.fair_queue import FairQueue
+from bot.jobs.files import ResultFiles
+from bot.jobs.imagine import ImagineCog
+from bot.jobs.progress import ProgressMessages
+from bot.jobs.store import JobStore
+from bot.messages import NO_MENTIONS, reply_privately
 from bot.metrics import BotMetrics
+from bot.moderation.commands import ModerationCog
 from bot.moderation.service import ModerationService
-from bot.progress import ProgressMessages
 from bot.settings import BotSettings
-from bot.store import JobStore
-from bot.views import JobButton
 from generator.tokens import count_tokens
 
 log = logging.getLogger(__name__)

@@ -286,7 +286,7 @@ def _check_data_dir(settings) -> list[Finding]:
 
 
 def _check_database(path: Path) -> Finding:
-    from bot.store import MIGRATIONS
+    from bot.jobs.store import MIGRATIONS
 
     known = len(MIGRATIONS)
     if not path.exists():

@@ -15,8 +15,6 @@ import pytest
 from discord import app_commands
 from discord.ext import commands
 from discord.http import Route
-from PIL import Image
-
 from fakediscord import (
     CommandNotVisible,
     FakeDiscord,
@@ -24,6 +22,7 @@ from fakediscord import (
     Permission,
     Upload,
 )
+from PIL import Image
 
 OUTCOME_TIMEOUT = 5.0
 

@@ -20,9 +20,9 @@ CASES = {
         # Every module under bot/, found on disk, so a new one cannot slip past this check.
         "import importlib, pkgutil, bot\n"
         "for module in pkgutil.walk_packages(bot.__path__, 'bot.'): importlib.import_module(module.name)\n"
-        "import bot.parsing\n"
+        "import bot.jobs.parsing\n"
         # parsing loads CLIP's tokenizer lazily: that path must stay torch-free too
-        "bot.parsing.parse_imagine('a bowl of cherries')",
+        "bot.jobs.parsing.parse_imagine('a bowl of cherries')",
         ("torch", "torchvision", "clip"),
     ),
     "the generation client": (

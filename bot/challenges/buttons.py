@@ -1,7 +1,7 @@
 """Challenge buttons, as one restart-proof DynamicItem: `bs:vote:<entry id>` under each entry,
 `bs:unvote:<entry id>` under the answer to a second vote, and `bs:enter:<job id>` ("Submit to challenge") under
 finished images while the server has a challenge running. The actions differ from the job buttons'
-(bot.views), so the two templates never match the same custom_id.
+(bot.jobs.buttons), so the two templates never match the same custom_id.
 
 Votes: a member has at most one vote per entry. A second press of Vote is refused ("you already voted") and the
 private answer carries "Take back my vote", so a vote can be changed until the deadline but never doubled."""
@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.embeds import NO_MENTIONS
-from bot.views import CUSTOM_ID_PREFIX
+from bot.jobs.buttons import CUSTOM_ID_PREFIX
+from bot.messages import NO_MENTIONS
 
 if TYPE_CHECKING:
-    from bot.cogs.challenges import ChallengesCog
+    from bot.challenges.commands import ChallengesCog
 
 ACTIONS = ("vote", "unvote", "enter")
 _TEMPLATE = re.compile(rf"{CUSTOM_ID_PREFIX}:(?P<action>{'|'.join(ACTIONS)}):(?P<target>[0-9a-z]{{1,32}})")

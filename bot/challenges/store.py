@@ -1,4 +1,4 @@
-"""Challenges, entries and votes in the bot's database (tables from `bot.store._SCHEMA_V4`), on the job store's
+"""Challenges, entries and votes in the bot's database (tables from `bot.jobs.store._SCHEMA_V4`), on the job store's
 shared connection and lock.
 
 Every rule that a race could break is checked inside one write transaction or by a constraint: a second open
@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from bot.challenges.results import Standing
-from bot.store import JobStore
+from bot.jobs.store import JobStore
 
 ChallengeState = Literal["open", "closing", "ended", "cancelled"]
 

@@ -10,7 +10,7 @@ import discord
 from bot.challenges.durations import describe_duration
 from bot.challenges.results import Standing, ordinal
 from bot.challenges.store import Challenge, Entry, LeaderboardRow
-from bot.embeds import quoted_prompt, shorten, when
+from bot.messages import quoted_prompt, shorten, when
 
 _DESCRIPTION = 4000
 _FIELD_VALUE = 1024

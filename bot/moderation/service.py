@@ -13,7 +13,9 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bot.fair_queue import FairQueue
+from bot.jobs.fair_queue import FairQueue
+from bot.jobs.parsing import ServerLimits
+from bot.jobs.store import Job
 from bot.locks import KeyedLocks
 from bot.moderation.quotas import (
     DAY,
@@ -31,8 +33,6 @@ from bot.moderation.store import (
     ModerationStore,
 )
 from bot.moderation.wordfilter import BannedWords
-from bot.parsing import ServerLimits
-from bot.store import Job
 from generator.protocol import DreamSpec
 
 log = logging.getLogger(__name__)

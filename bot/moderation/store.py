@@ -1,4 +1,4 @@
-"""Moderation data in the bot's database (tables from `bot.store._SCHEMA_V3`), on the job store's shared
+"""Moderation data in the bot's database (tables from `bot.jobs.store._SCHEMA_V3`), on the job store's shared
 connection and lock. This module must stay free of torch and discord imports."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from bot.jobs.store import JobStore
 from bot.moderation.quotas import (
     LIMIT_NAMES,
     MemberLimits,
@@ -16,7 +17,6 @@ from bot.moderation.quotas import (
     ServerBudget,
     UsageEvent,
 )
-from bot.store import JobStore
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.dispatcher import Dispatcher
-from bot.fair_queue import FairQueue
-from bot.files import ResultFiles
+from bot.jobs.dispatcher import Dispatcher
+from bot.jobs.fair_queue import FairQueue
+from bot.jobs.files import ResultFiles
 from bot.metrics import BotMetrics, StepRate
 
 

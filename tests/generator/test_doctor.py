@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bot.store import MIGRATIONS, JobStore
+from bot.jobs.store import MIGRATIONS, JobStore
 from generator import weights
 from generator.doctor import Finding, diagnose, format_report
 

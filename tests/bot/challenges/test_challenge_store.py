@@ -10,7 +10,7 @@ import pytest
 
 from bot.challenges.results import rank
 from bot.challenges.store import AlreadyVoted, ChallengeRefused, ChallengeStore
-from bot.store import LATEST_VERSION, JobStore
+from bot.jobs.store import LATEST_VERSION, JobStore
 
 if TYPE_CHECKING:
     from conftest import FakeClock

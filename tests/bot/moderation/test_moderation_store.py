@@ -3,12 +3,12 @@ reopen, and the per-server running cap the dispatcher asks about."""
 
 from __future__ import annotations
 
-from bot.fair_queue import FairQueue, JobRef
+from bot.jobs.fair_queue import FairQueue, JobRef
+from bot.jobs.parsing import ServerLimits
+from bot.jobs.store import JobStore
 from bot.moderation.quotas import DAY, Override
 from bot.moderation.service import Actor, ModerationService
 from bot.moderation.store import ModerationStore
-from bot.parsing import ServerLimits
-from bot.store import JobStore
 from generator.protocol import DreamSpec
 
 GUILD, OTHER_GUILD, ALICE, BOB = 10, 20, 1, 2

@@ -6,7 +6,7 @@ import datetime
 
 import pytest
 
-from bot.cogs.moderation import MODLOG_LENGTH, action_embed, fit_list, modlog_embed
+from bot.moderation.commands import MODLOG_LENGTH, action_embed, fit_list, modlog_embed
 from bot.moderation.stats import percentile, period_start, summarize
 from bot.moderation.store import ModAction, StatsRow
 

@@ -19,11 +19,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from bot.fair_queue import FairQueue, JobRef, UserCaps, estimate_wait
-from bot.files import ResultFiles
+from bot.jobs.fair_queue import FairQueue, JobRef, UserCaps, estimate_wait
+from bot.jobs.files import ResultFiles
+from bot.jobs.store import IllegalTransition, Job, JobKind, JobNotFound, JobStore
 from bot.locks import KeyedLocks
 from bot.logs import bind_job
-from bot.store import IllegalTransition, Job, JobKind, JobNotFound, JobStore
 from generator.protocol import (
     DreamSpec,
     JobCancelled,

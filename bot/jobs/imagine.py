@@ -8,9 +8,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.embeds import NO_MENTIONS
-from bot.interactions import queue_from_interaction
-from bot.parsing import parse_imagine
+from bot.jobs.parsing import parse_imagine
+from bot.jobs.queueing import queue_from_interaction
+from bot.messages import NO_MENTIONS
 from generator.protocol import ALLOWED_SIZES, MAX_STEPS, QUALITY_PRESETS, SpecError
 
 if TYPE_CHECKING:

@@ -4,7 +4,7 @@ images and vote with buttons; at the deadline the results are posted with a cont
 Moderator subcommands (start, end, cancel) check Manage Server here: Discord's default_member_permissions is per
 top-level command, and every member must see /challenge for submit, withdraw, list, show and leaderboard.
 Taking out someone else's entry is content moderation, so it takes what deleting someone's image takes
-(`bot.views.is_moderator`) and goes into the audit trail. Members the moderators blocked neither enter nor vote,
+(`bot.permissions.is_moderator`) and goes into the audit trail. Members the moderators blocked neither enter nor vote,
 and a server that posts its images as spoilers gets its entries and contact sheets as spoilers too.
 
 One challenge runs per server at a time. Deadlines live in the database and are fired by
@@ -40,12 +40,12 @@ from bot.challenges.store import (
     ChallengeStore,
     Entry,
 )
-from bot.embeds import NO_MENTIONS, SPOILER_PREFIX, shorten, when
-from bot.interactions import reply_privately
+from bot.jobs.buttons import result_extras
+from bot.jobs.store import Job
 from bot.locks import KeyedLocks
+from bot.messages import NO_MENTIONS, SPOILER_PREFIX, reply_privately, shorten, when
 from bot.moderation.service import Actor
-from bot.store import Job
-from bot.views import is_moderator, manages_server, result_extras
+from bot.permissions import is_moderator, manages_server
 
 if TYPE_CHECKING:
     from bot.app import BigSleepBot

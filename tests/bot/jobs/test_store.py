@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 import aiosqlite
 import pytest
 
-from bot.fair_queue import FairQueue
-from bot.store import (
+from bot.jobs.fair_queue import FairQueue
+from bot.jobs.store import (
     JOB_ID_ALPHABET,
     JOB_ID_LENGTH,
     LATEST_VERSION,

@@ -1,6 +1,6 @@
 """The job store: one SQLite file (through aiosqlite) that is the source of truth for every job.
 
-The in-memory fair queue (`bot.fair_queue`) is only an index over the 'queued' rows here and is rebuilt from
+The in-memory fair queue (`bot.jobs.fair_queue`) is only an index over the 'queued' rows here and is rebuilt from
 this store on start. Every state change goes through one of the `mark_*` methods, which refuse illegal
 transitions atomically (the state check is part of the UPDATE), so two racing coroutines cannot both win.
 

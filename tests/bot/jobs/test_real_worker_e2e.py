@@ -14,8 +14,8 @@ import pytest
 from e2e_helpers import imagine, png_size, result_png, wait_for_result
 from fakediscord import FakeDiscord
 
-from bot.dispatcher import GenerationBackend
-from bot.store import JobStore
+from bot.jobs.dispatcher import GenerationBackend
+from bot.jobs.store import JobStore
 from generator.client import GenerationClient, WorkerConfig
 from generator.protocol import JobRequest
 

@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 import discord
 from asyncio_throttle import Throttler
 
-from bot import embeds
-from bot.embeds import NO_MENTIONS
+from bot.jobs import texts
+from bot.jobs.buttons import active_view, result_view
+from bot.jobs.store import Job, JobStore
 from bot.logs import bind_job
-from bot.store import Job, JobStore
-from bot.views import active_view, result_view
+from bot.messages import NO_MENTIONS
 
 if TYPE_CHECKING:
     from bot.settings import ProgressSettings
@@ -133,22 +133,22 @@ class ProgressMessages:
             self.waiting(job)
 
     def waiting(self, job: Job, note: str = "") -> None:
-        self._set(job, Render(embeds.waiting_text(job, note), clear_files=True, view=active_view(job)))
+        self._set(job, Render(texts.waiting_text(job, note), clear_files=True, view=active_view(job)))
 
     def running(self, job: Job, step: int, total: int, snapshot_png: bytes | None) -> None:
         spoiler = self.spoiler_for(job.guild_id)
-        file = (embeds.snapshot_filename(job, spoiler=spoiler), snapshot_png) if snapshot_png else None
-        self._set(job, Render(embeds.progress_text(job, step, total), file=file, view=active_view(job)))
+        file = (texts.snapshot_filename(job, spoiler=spoiler), snapshot_png) if snapshot_png else None
+        self._set(job, Render(texts.progress_text(job, step, total), file=file, view=active_view(job)))
 
     def done(self, job: Job, png: bytes) -> None:
         spoiler = self.spoiler_for(job.guild_id)
-        name = embeds.result_filename(job, spoiler=spoiler)
+        name = texts.result_filename(job, spoiler=spoiler)
         self._set(
             job,
             Render(
-                embeds.done_text(job),
+                texts.done_text(job),
                 # An embed shows its image unblurred, so a spoilered image stays a plain attachment.
-                embed=embeds.result_embed(job, attachment_name=None if spoiler else name),
+                embed=texts.result_embed(job, attachment_name=None if spoiler else name),
                 file=(name, png),
                 view=result_view(job),
                 final=True,
@@ -157,10 +157,10 @@ class ProgressMessages:
         )
 
     def failed(self, job: Job, reason: str) -> None:
-        self._set(job, Render(embeds.failed_text(job, reason), clear_files=True, final=True))
+        self._set(job, Render(texts.failed_text(job, reason), clear_files=True, final=True))
 
     def cancelled(self, job: Job) -> None:
-        self._set(job, Render(embeds.cancelled_text(job), clear_files=True, final=True))
+        self._set(job, Render(texts.cancelled_text(job), clear_files=True, final=True))
 
     # -- channels --
 

@@ -10,12 +10,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import embeds
-from bot.dispatcher import NotCancellable
-from bot.embeds import NO_MENTIONS
-from bot.interactions import reply_privately
-from bot.store import Job, JobNotFound
-from bot.views import audit_if_moderating, is_moderator, may_manage, result_view
+from bot.jobs import texts
+from bot.jobs.buttons import audit_if_moderating, may_manage, result_view
+from bot.jobs.dispatcher import NotCancellable
+from bot.jobs.store import Job, JobNotFound
+from bot.messages import NO_MENTIONS, reply_privately, shorten
+from bot.permissions import is_moderator
 
 if TYPE_CHECKING:
     from bot.app import BigSleepBot
@@ -40,7 +40,7 @@ class JobsCog(commands.Cog):
             eta = dispatcher.estimate_wait(position) if position is not None else None
             mine.append((job, position, eta))
         running = await self.bot.store.list_running()
-        embed = embeds.queue_embed(
+        embed = texts.queue_embed(
             mine,
             total_queued=len(dispatcher.queue),
             running=running,
@@ -49,7 +49,7 @@ class JobsCog(commands.Cog):
         if is_moderator(interaction) and interaction.guild_id is not None:
             # A moderator sees the whole server's queue, so they can find and cancel anyone's job.
             server_jobs = await self.bot.store.guild_active_jobs(interaction.guild_id)
-            embeds.add_server_queue(
+            texts.add_server_queue(
                 embed,
                 [(j, dispatcher.position(j.id) if j.state == "queued" else None) for j in server_jobs],
                 progress=dispatcher.in_flight_progress(),
@@ -80,7 +80,7 @@ class JobsCog(commands.Cog):
             target = await self.bot.store.get(job)
             if target is None or not may_manage(interaction, target):
                 # Someone else's job looks the same as no job, unless you moderate its server.
-                await reply_privately(interaction, f"You have no job `{embeds.shorten(job, 40)}`.")
+                await reply_privately(interaction, f"You have no job `{shorten(job, 40)}`.")
                 return
         try:
             cancelled = await self.bot.dispatcher.cancel(target.id)
@@ -107,7 +107,7 @@ class JobsCog(commands.Cog):
     async def show(self, interaction: discord.Interaction, job: str) -> None:
         found = await self.bot.store.get(job)
         if found is None or (found.user_id != interaction.user.id and found.guild_id != interaction.guild_id):
-            await reply_privately(interaction, f"There is no job `{embeds.shorten(job, 40)}` here.")
+            await reply_privately(interaction, f"There is no job `{shorten(job, 40)}` here.")
             return
         if found.state != "done":
             await reply_privately(interaction, self._status_sentence(found))
@@ -119,10 +119,10 @@ class JobsCog(commands.Cog):
         await interaction.response.defer(thinking=True)
         png = await asyncio.to_thread(self.bot.files.read, found.png_path)  # type: ignore[arg-type]
         spoiler = self.bot.moderation.spoiler_for(found.guild_id)
-        name = embeds.result_filename(found, spoiler=spoiler)
+        name = texts.result_filename(found, spoiler=spoiler)
         await interaction.followup.send(
-            embeds.done_text(found),
-            embed=embeds.result_embed(found, attachment_name=None if spoiler else name),
+            texts.done_text(found),
+            embed=texts.result_embed(found, attachment_name=None if spoiler else name),
             file=discord.File(io.BytesIO(png), filename=name),
             view=result_view(found),
             allowed_mentions=NO_MENTIONS,
@@ -152,7 +152,7 @@ class JobsCog(commands.Cog):
     async def history(self, interaction: discord.Interaction) -> None:
         jobs = await self.bot.store.recent_jobs(interaction.user.id, limit=HISTORY_LENGTH)
         await interaction.response.send_message(
-            embed=embeds.history_embed(jobs), ephemeral=True, allowed_mentions=NO_MENTIONS
+            embed=texts.history_embed(jobs), ephemeral=True, allowed_mentions=NO_MENTIONS
         )
 
     # -- helpers --
@@ -164,7 +164,7 @@ class JobsCog(commands.Cog):
         for job in jobs:
             if typed and typed not in job.id:
                 continue
-            label = embeds.shorten(f"{job.id} · {job.state} · {job.prompt}", 100)
+            label = shorten(f"{job.id} · {job.state} · {job.prompt}", 100)
             choices.append(app_commands.Choice(name=label, value=job.id))
             if len(choices) == _AUTOCOMPLETE_CHOICES:
                 break

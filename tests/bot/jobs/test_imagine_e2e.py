@@ -13,7 +13,7 @@ import pytest
 from e2e_helpers import imagine, result_of, result_png, wait_for_result
 from fakediscord import FakeDiscord
 
-from bot.simulated import SimulatedGenerationClient, colour_for
+from bot.jobs.simulated import SimulatedGenerationClient, colour_for
 
 # ---- /imagine from several servers -------------------------------------------------------------------------
 
@@ -369,7 +369,7 @@ async def test_a_job_running_when_the_bot_stops_runs_again_after_the_restart(fak
 
 
 async def first_bot_store_state(make_bot, job_id: str) -> str:
-    from bot.store import JobStore
+    from bot.jobs.store import JobStore
 
     settings = make_bot().settings
     async with JobStore.open(settings.database_path) as store:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from bot.fair_queue import (
+from bot.jobs.fair_queue import (
     DEFAULT_JOB_SECONDS,
     FairQueue,
     JobRef,

@@ -19,8 +19,8 @@ from fakediscord import FakeDiscord
 from prometheus_client.parser import text_string_to_metric_families
 from test_entry_point import REPO_ROOT, bot_environment
 
+from bot.jobs.simulated import SimulatedGenerationClient
 from bot.logs import CHATTY_LOGGERS, configure_logging
-from bot.simulated import SimulatedGenerationClient
 
 HEALTH = {"enabled": True, "port": 0}
 

@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.dispatcher import NotCancellable
-from bot.interactions import queue_from_interaction, reply_privately
+from bot.jobs.dispatcher import NotCancellable
+from bot.jobs.parsing import RANDOM_SEED_LIMIT
+from bot.jobs.queueing import queue_from_interaction
+from bot.jobs.store import Job, JobNotFound
+from bot.messages import reply_privately
 from bot.moderation.service import Actor
-from bot.parsing import RANDOM_SEED_LIMIT
-from bot.store import Job, JobNotFound
+from bot.permissions import is_moderator
 
 if TYPE_CHECKING:
     from bot.app import BigSleepBot
@@ -98,17 +100,6 @@ def result_view(job: Job) -> discord.ui.View:
 
 
 # ---- who may do what --------------------------------------------------------------------------------------
-
-
-def manages_server(interaction: discord.Interaction) -> bool:
-    """Manage Server (or Administrator) here: what server settings and challenges ask for."""
-    permissions = interaction.permissions
-    return bool(permissions.manage_guild or permissions.administrator)
-
-
-def is_moderator(interaction: discord.Interaction) -> bool:
-    permissions = interaction.permissions
-    return bool(permissions.manage_guild or permissions.manage_messages or permissions.administrator)
 
 
 def may_manage(interaction: discord.Interaction, job: Job) -> bool:

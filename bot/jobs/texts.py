@@ -1,5 +1,5 @@
-"""Texts and embeds the bot shows. Everything that quotes user text is escaped and length-capped here, and
-sent with `NO_MENTIONS` (a prompt must never ping @everyone or anyone else)."""
+"""The texts and embeds of jobs: their channel messages, result cards, /queue and /history. Everything that quotes
+user text is escaped and length-capped (bot.messages), and sent with `NO_MENTIONS`."""
 
 from __future__ import annotations
 
@@ -8,13 +8,11 @@ from collections.abc import Sequence
 
 import discord
 
-from bot.fair_queue import describe_wait
-from bot.store import Job
-
-NO_MENTIONS = discord.AllowedMentions.none()
+from bot.jobs.fair_queue import describe_wait
+from bot.jobs.store import Job
+from bot.messages import SPOILER_PREFIX, describe_seconds, quoted_prompt, shorten, when
 
 # Discord's limits: message content 2000, embed title 256, field value 1024, description 4096.
-_PROMPT_IN_CONTENT = 1200
 _EMBED_TITLE = 256
 _FIELD_VALUE = 1024
 
@@ -25,21 +23,6 @@ STATE_WORDS = {
     "failed": "failed",
     "cancelled": "cancelled",
 }
-
-
-def when(timestamp: float, style: str = "f") -> str:
-    """A Discord timestamp: every reader sees it in their own time zone ("R": relative, "F": long date)."""
-    return f"<t:{int(timestamp)}:{style}>"
-
-
-def shorten(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def quoted_prompt(text: str, limit: int = _PROMPT_IN_CONTENT) -> str:
-    """User text made inert for Markdown (so `**` or `@everyone` show as typed) and capped."""
-    escaped = discord.utils.escape_mentions(discord.utils.escape_markdown(text))
-    return shorten(escaped, limit)
 
 
 def job_heading(job: Job) -> str:
@@ -67,25 +50,12 @@ def cancelled_text(job: Job) -> str:
     return f"{job_heading(job)} (Cancelled)"
 
 
-# Discord blurs an attachment whose name starts with this until it is clicked (servers that ask for spoilers).
-SPOILER_PREFIX = "SPOILER_"
-
-
 def result_filename(job: Job, *, spoiler: bool = False) -> str:
     return f"{SPOILER_PREFIX if spoiler else ''}{job.id}.png"
 
 
 def snapshot_filename(job: Job, *, spoiler: bool = False) -> str:
     return f"{SPOILER_PREFIX if spoiler else ''}{job.id}-progress.png"
-
-
-def describe_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 90:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(round(seconds), 60)
-    return f"{minutes} min {secs:02d} s"
 
 
 def result_embed(job: Job, *, attachment_name: str | None = None) -> discord.Embed:

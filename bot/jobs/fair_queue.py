@@ -56,7 +56,7 @@ class JobRef:
 
     @classmethod
     def of(cls, job: _QueueableJob) -> JobRef:
-        """From a `bot.store.Job` (or anything with id, guild_id, user_id and seq)."""
+        """From a `bot.jobs.store.Job` (or anything with id, guild_id, user_id and seq)."""
         return cls(job_id=job.id, guild_id=job.guild_id, user_id=job.user_id, seq=job.seq)
 
 

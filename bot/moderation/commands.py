@@ -18,9 +18,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import embeds
-from bot.embeds import NO_MENTIONS
-from bot.interactions import reply_privately
+from bot import messages
+from bot.jobs.parsing import ServerLimits
+from bot.messages import NO_MENTIONS, reply_privately
 from bot.moderation.quotas import (
     LIMIT_LABELS,
     LIMIT_NAMES,
@@ -32,8 +32,7 @@ from bot.moderation.service import Actor, ModerationService
 from bot.moderation.stats import ServerStats, period_start, summarize
 from bot.moderation.store import ModAction, ModerationStore
 from bot.moderation.wordfilter import MAX_WORD_LENGTH, normalize_entry
-from bot.parsing import ServerLimits
-from bot.views import manages_server
+from bot.permissions import manages_server
 from generator.protocol import ALLOWED_SIZES, MAX_STEPS
 
 if TYPE_CHECKING:
@@ -144,9 +143,9 @@ def action_embed(entry: ModAction) -> discord.Embed:
         timestamp=datetime.datetime.fromtimestamp(entry.at, datetime.UTC),
     )
     embed.add_field(name="By", value=f"<@{entry.moderator_id}>")
-    embed.add_field(name="On", value=embeds.shorten(entry.target or "-", 1024))
-    embed.add_field(name="Before", value=embeds.shorten(_describe_change(entry.before), 1024), inline=False)
-    embed.add_field(name="After", value=embeds.shorten(_describe_change(entry.after), 1024), inline=False)
+    embed.add_field(name="On", value=messages.shorten(entry.target or "-", 1024))
+    embed.add_field(name="Before", value=messages.shorten(_describe_change(entry.before), 1024), inline=False)
+    embed.add_field(name="After", value=messages.shorten(_describe_change(entry.after), 1024), inline=False)
     return embed
 
 
@@ -160,9 +159,9 @@ def modlog_embed(entries: list[ModAction], *, page: int, more: bool) -> discord.
     share = _MODLOG_DESCRIPTION_LIMIT // len(entries) - 1
     lines = []
     for entry in entries:
-        change = embeds.shorten(f"{_describe_change(entry.before)} → {_describe_change(entry.after)}", 300)
-        line = f"{embeds.when(entry.at)} <@{entry.moderator_id}> **{entry.action}** {embeds.shorten(entry.target, 150)}: {change}"
-        lines.append(embeds.shorten(line, share))
+        change = messages.shorten(f"{_describe_change(entry.before)} → {_describe_change(entry.after)}", 300)
+        line = f"{messages.when(entry.at)} <@{entry.moderator_id}> **{entry.action}** {messages.shorten(entry.target, 150)}: {change}"
+        lines.append(messages.shorten(line, share))
     embed.description = "\n".join(lines)
     footer = f"Page {page}"
     if more:
@@ -209,11 +208,11 @@ def stats_embed(stats: ServerStats) -> discord.Embed:
     period = "today (UTC)" if stats.days == 1 else f"the last {stats.days} days (UTC, today included)"
     embed = discord.Embed(title=f"Usage {period}", colour=discord.Colour.blurple())
     embed.add_field(name="Jobs", value=str(stats.jobs))
-    embed.add_field(name="GPU time", value=embeds.describe_seconds(stats.gpu_seconds))
+    embed.add_field(name="GPU time", value=messages.describe_seconds(stats.gpu_seconds))
     rate = stats.failure_rate
     embed.add_field(name="Failure rate", value="-" if rate is None else f"{100 * rate:.1f}% ({stats.failed} of {stats.done + stats.failed})")
-    embed.add_field(name="Queue wait p50", value=embeds.describe_seconds(stats.wait_p50))
-    embed.add_field(name="Queue wait p95", value=embeds.describe_seconds(stats.wait_p95))
+    embed.add_field(name="Queue wait p50", value=messages.describe_seconds(stats.wait_p50))
+    embed.add_field(name="Queue wait p95", value=messages.describe_seconds(stats.wait_p95))
     embed.add_field(name="Cancelled", value=str(stats.cancelled))
     shown_days = stats.per_day[-_STATS_DAYS_SHOWN:]
     per_day = "\n".join(f"{day.isoformat()}: {count}" for day, count in shown_days)
@@ -424,7 +423,7 @@ class SettingsCommands(_ModeratorGroup):
         unusable = [w for w in wanted if not normalize_entry(w)]
         too_long = [w for w in wanted if len(w.strip("*")) > MAX_WORD_LENGTH]
         if unusable or too_long:
-            bad = ", ".join(f"“{embeds.shorten(w, 30)}”" for w in (unusable + too_long)[:5])
+            bad = ", ".join(f"“{messages.shorten(w, 30)}”" for w in (unusable + too_long)[:5])
             await reply_privately(interaction, f"These can't be used as banned words (they need letters, at most {MAX_WORD_LENGTH}): {bad}. Nothing changed.")
             return
         existing = self.service.banned_words(guild_id)

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import bot.parsing
-from bot.parsing import RANDOM_SEED_LIMIT, PromptTooLong, ServerLimits, clean_text, parse_imagine
+import bot.jobs.parsing
+from bot.jobs.parsing import RANDOM_SEED_LIMIT, PromptTooLong, ServerLimits, clean_text, parse_imagine
 from generator.protocol import ALLOWED_SIZES, MAX_SEED, QUALITY_PRESETS, DreamSpec, SpecError
 from generator.tokens import MAX_PROMPT_TOKENS, count_tokens
 
@@ -239,7 +239,7 @@ def test_a_megabyte_prompt_is_refused_before_any_tokenizing(monkeypatch: pytest.
     def must_not_run(*args: object) -> None:
         raise AssertionError("tokenizer called")
 
-    monkeypatch.setattr(bot.parsing, "check_prompt_lengths", must_not_run)
+    monkeypatch.setattr(bot.jobs.parsing, "check_prompt_lengths", must_not_run)
     with pytest.raises(PromptTooLong, match="the limit is 1,000"):
         parse_imagine("cherries " * 120_000)
     with pytest.raises(PromptTooLong):

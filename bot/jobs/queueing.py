@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import discord
 
-from bot.dispatcher import QueueFull
-from bot.embeds import NO_MENTIONS, queued_reply
+from bot.jobs.dispatcher import QueueFull
+from bot.jobs.store import Job, JobKind
+from bot.jobs.texts import queued_reply
+from bot.messages import reply_privately
 from bot.moderation.service import Refused
-from bot.store import Job, JobKind
 from generator.protocol import DreamSpec
 
 if TYPE_CHECKING:
@@ -103,11 +104,4 @@ async def queue_from_interaction(
     return job
 
 
-async def reply_privately(interaction: discord.Interaction, text: str | None = None, **options: Any) -> None:
-    """An answer only the user sees, pinging nobody: the interaction's response, or a followup once that is
-    used (deferred, or already answered). `options` go to discord.py's send (embed, view, file...)."""
-    options.setdefault("allowed_mentions", NO_MENTIONS)
-    if interaction.response.is_done():
-        await interaction.followup.send(discord.utils.MISSING if text is None else text, ephemeral=True, **options)
-    else:
-        await interaction.response.send_message(text, ephemeral=True, **options)
+#END
