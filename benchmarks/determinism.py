@@ -26,10 +26,11 @@ import torch  # noqa: E402
 
 from generator import biggan as biggan_ops  # noqa: E402
 from generator import clip_model  # noqa: E402
-from generator.client import GenerationClient, WorkerConfig  # noqa: E402
+from generator.client import GenerationClient  # noqa: E402
 from generator.engine import dream  # noqa: E402
 from generator.models import assemble, clip_dtype_for, resolve_device  # noqa: E402
 from generator.protocol import CLIP_PRECISIONS, DreamSpec, JobRequest, JobResult  # noqa: E402
+from generator.wire import WorkerConfig
 
 
 def run_once(models, spec: DreamSpec) -> tuple[np.ndarray, float]:

@@ -39,8 +39,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from generator.client import GenerationClient, WorkerConfig
+from generator.client import GenerationClient
 from generator.protocol import DreamSpec, JobProgress, JobRequest, JobResult
+from generator.wire import WorkerConfig
 
 GPU_TARGET_RATIO = 2.5  # batch 4 against batch 1, images per hour
 

@@ -44,7 +44,8 @@ SyncTarget = Literal["global"] | int | None
 
 def generation_client_for(settings: BotSettings) -> GenerationBackend:
     """The real worker client (one generation process). Imported here so tests can run without it."""
-    from generator.client import GenerationClient, WorkerConfig
+    from generator.client import GenerationClient
+    from generator.wire import WorkerConfig
 
     config = WorkerConfig(
         models_kind=settings.models,

@@ -29,17 +29,6 @@ from typing import Any
 import torch
 from PIL import Image
 
-from generator.client import (
-    CancelJob,
-    Heartbeat,
-    StepDone,
-    StopWorker,
-    SubmitJob,
-    WorkerConfig,
-    WorkerReady,
-    WorkerStartFailed,
-    WorkerStopped,
-)
 from generator.engine import DreamEngine, DreamJob
 from generator.images import png_bytes, timelapse_gif
 from generator.models import (
@@ -58,6 +47,17 @@ from generator.protocol import (
     JobRequest,
     JobResult,
     SpecError,
+)
+from generator.wire import (
+    CancelJob,
+    Heartbeat,
+    StepDone,
+    StopWorker,
+    SubmitJob,
+    WorkerConfig,
+    WorkerReady,
+    WorkerStartFailed,
+    WorkerStopped,
 )
 
 log = logging.getLogger("bigsleep.worker")

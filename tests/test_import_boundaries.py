@@ -26,7 +26,7 @@ CASES = {
         ("torch", "torchvision", "clip"),
     ),
     "the generation client": (
-        "from generator.client import GenerationClient, WorkerConfig\n"
+        "from generator.client import GenerationClient\nfrom generator.wire import WorkerConfig\n"
         "GenerationClient(WorkerConfig(models_kind='tiny', sizes=(128,)))",
         ("torch", "torchvision", "clip", "discord", "PIL", "numpy"),
     ),

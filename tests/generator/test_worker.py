@@ -24,7 +24,7 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from generator.client import CRASHED_TWICE, GenerationClient, JobEvents, WorkerConfig
+from generator.client import CRASHED_TWICE, GenerationClient, JobEvents
 from generator.protocol import (
     DreamSpec,
     JobCancelled,
@@ -36,6 +36,7 @@ from generator.protocol import (
     JobRestarted,
     JobResult,
 )
+from generator.wire import WorkerConfig
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
 

@@ -16,8 +16,9 @@ from fakediscord import FakeDiscord
 
 from bot.jobs.dispatcher import GenerationBackend
 from bot.jobs.store import JobStore
-from generator.client import GenerationClient, WorkerConfig
+from generator.client import GenerationClient
 from generator.protocol import JobRequest
+from generator.wire import WorkerConfig
 
 pytestmark = pytest.mark.timeout(300)
 

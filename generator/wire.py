@@ -1,0 +1,155 @@
+"""What crosses the boundary between the generation client (asyncio, in the bot's process) and the generation
+process (torch): the worker's configuration, the health the client reports, and the private control messages
+(submit, cancel, stop, ready, heartbeat, ...). Job events that callers see are in `generator.protocol`.
+
+Torch-free and discord-free: the client, the worker and the bot all import it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from generator.protocol import ALLOWED_SIZES, CLIP_PRECISIONS, MODEL_KINDS, JobRequest
+
+
+def _models_kind_from_env() -> str:
+    return os.environ.get("BIGSLEEP_MODELS", "full").strip().lower() or "full"
+
+
+def _device_from_env() -> str:
+    return os.environ.get("BIGSLEEP_DEVICE", "auto").strip() or "auto"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How the generation process is set up and watched. Torch-free, picklable: it is sent to the worker."""
+
+    # full, tiny or random (see protocol.MODEL_KINDS); default from $BIGSLEEP_MODELS, else full.
+    models_kind: str = field(default_factory=_models_kind_from_env)
+    # Image sizes whose BigGAN is loaded at start; jobs of other sizes fail at once with a readable reason.
+    sizes: tuple[int, ...] = ALLOWED_SIZES
+    # auto (CUDA when present), cpu, cuda, cuda:N; default from $BIGSLEEP_DEVICE.
+    device: str = field(default_factory=_device_from_env)
+    clip_precision: str = "auto"
+    # Jobs of one size optimised together in one step; 1 runs one job at a time.
+    max_batch_size: int = 4
+    # An idle worker that gets a job waits this long for more before its first step, so that jobs submitted
+    # together also start together (later ones join at a step boundary anyway).
+    batch_wait_s: float = 0.05
+    # A worker that holds jobs and reports no step for this long is killed and treated as dead. Must exceed
+    # the slowest real step (a full batch at the largest size on the slowest device) with margin.
+    hang_timeout_s: float = 300.0
+    # The worker sends a heartbeat this often from a side thread, whatever its main thread is doing.
+    heartbeat_interval_s: float = 1.0
+    # No message at all for this long from a ready worker (frozen, or stuck holding the GIL) counts as a death.
+    # A worker that exits or is killed is noticed at once, by the end of its pipe, whatever this says.
+    heartbeat_timeout_s: float = 30.0
+    # From process start to models loaded (importing torch, maybe downloading the weights first).
+    startup_timeout_s: float = 1800.0
+    # A worker that dies before it is ready this many times in a row is not started again.
+    max_start_failures: int = 3
+    # How often the supervisor looks at the worker; deaths by exit are noticed at once (end of pipe) anyway.
+    supervise_interval_s: float = 0.25
+    torch_threads: int | None = None
+    # "module:function" taking the loaded DreamModels and returning a DreamEngine (tests wrap the real one).
+    engine_factory: str | None = None
+    log_level: str = "INFO"
+    # "module:Class" of a logging.Formatter for the worker's lines (the bot passes its JSON one); None: plain text.
+    log_formatter: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.models_kind not in MODEL_KINDS:
+            raise ValueError(f"models_kind must be one of {', '.join(MODEL_KINDS)}, not {self.models_kind!r}")
+        if not self.sizes or any(size not in ALLOWED_SIZES for size in self.sizes):
+            raise ValueError(f"sizes must be some of {ALLOWED_SIZES}, not {self.sizes!r}")
+        if self.clip_precision not in CLIP_PRECISIONS:
+            raise ValueError(f"clip_precision must be one of {', '.join(CLIP_PRECISIONS)}, not {self.clip_precision!r}")
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, not {self.max_batch_size}")
+        if self.heartbeat_timeout_s <= self.heartbeat_interval_s:
+            raise ValueError("heartbeat_timeout_s must be longer than heartbeat_interval_s")
+        if self.batch_wait_s < 0:
+            raise ValueError("batch_wait_s must not be negative")
+        for name in ("hang_timeout_s", "heartbeat_interval_s", "startup_timeout_s", "supervise_interval_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.max_start_failures < 1:
+            raise ValueError("max_start_failures must be at least 1")
+        for name in ("engine_factory", "log_formatter"):
+            value = getattr(self, name)
+            if value is not None and ":" not in value:
+                raise ValueError(f"{name} must look like 'module:name', not {value!r}")
+
+
+@dataclass(frozen=True)
+class WorkerHealth:
+    # not started, starting, ready, restarting, stopping, stopped or failed (gave up starting a worker).
+    state: str
+    # A worker process is running with its models loaded.
+    alive: bool
+    pid: int | None
+    # Workers started to replace one that died (or hung).
+    restarts: int
+    # Jobs submitted and not finished, in submission order, whether a worker holds them or they wait for one.
+    in_flight_jobs: tuple[str, ...]
+    # Wall-clock time (time.time()) the last optimisation step ended, its duration and how many jobs it held.
+    last_step_at: float | None
+    last_step_seconds: float | None
+    last_step_batch_size: int | None
+    models_kind: str
+    # As the worker resolved it ("cuda:0", "cpu"); None until a worker is ready.
+    device: str | None
+    # Why the client gave up on starting workers (state "failed"), for the operator.
+    failure: str | None = None
+
+
+# ---- messages only the client and the worker see ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubmitJob:
+    request: JobRequest
+
+
+@dataclass(frozen=True)
+class CancelJob:
+    job_id: str
+
+
+@dataclass(frozen=True)
+class StopWorker:
+    """Finish the current step, report every held job as interrupted, then exit."""
+
+
+@dataclass(frozen=True)
+class WorkerReady:
+    pid: int
+    models_kind: str
+    device: str
+    sizes: tuple[int, ...]
+    clip_dtype: str
+
+
+@dataclass(frozen=True)
+class WorkerStartFailed:
+    """The models could not be loaded; starting again would fail the same way."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    pass
+
+
+@dataclass(frozen=True)
+class StepDone:
+    size: int
+    batch_size: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class WorkerStopped:
+    pass
