@@ -19,7 +19,9 @@ Create bots with ``guild_ready_timeout=0.01``, or ``on_ready`` comes 2 s late.
 
 Building the world (plain methods)
 ----------------------------------
-- ``guild = fake.add_guild(name, everyone_permissions=..., bot_permissions=...)``; ``guild.owner``.
+- ``guild = fake.add_guild(name, everyone_permissions=..., bot_permissions=..., shard=None)``; ``guild.owner``.
+  Guilds alternate over shards in creation order (the k-th is on shard k % n, for n up to 16);
+  ``shard=(1, 2)`` puts one on shard 1 of 2. ``fake.shard_of(guild, shard_count)`` says which shard owns it.
 - ``channel = fake.add_channel(guild, name, bot_can_post=True, bot_can_view=True, nsfw=False)``.
 - ``member = fake.add_member(guild, name, permissions=Permission.MANAGE_GUILD, roles=[role])``.
 - ``role = fake.add_role(guild, name, permissions=...)``; ``fake.assign_role(member, role)``, ``remove_role``.
@@ -66,8 +68,10 @@ Observing
 - ``fake.requests`` / ``fake.requests_matching(method, path_contains, route=, status=)``: ``RequestRecord``
   (``method``, ``path``, ``route`` template, ``status``, ``error_code``, ``at``, ``monotonic``, ``json``, ``files``).
 - ``fake.commands(guild=None)``, ``fake.command(name, guild)``, ``fake.visible_commands(member, channel)``.
-- ``fake.gateway_records`` (``GatewayRecord``: identify, ready, resume, resumed, dispatch, closed, ...),
-  ``fake.gateway_sessions()``.
+- ``fake.gateway_records`` (``GatewayRecord``: identify, ready, resume, resumed, dispatch, closed, ...; each
+  with ``shard`` = (shard_id, shard_count) or None, ``shard_id``, and ``guild_id`` for dispatches),
+  ``fake.gateway_sessions()`` (``session.shard``, ``session.connected``),
+  ``fake.dispatches(event=None, shard_id=None, guild=None)``: which shard received which dispatch.
 - Waits, woken by every change (no polling), raising ``FakeDiscordTimeout``: ``await fake.wait_for(fn)``
   returns ``fn()``'s first truthy value; ``wait_for_message(channel, pred, after=fake.checkpoint())``,
   ``wait_for_message_update(message, pred)``, ``wait_for_request(method, path_contains, status=, after=)``,
@@ -80,6 +84,19 @@ Failure injection and time
 ``fake.interaction_deadline`` (3.0: set 0.2 to test the 3 s rule quickly); ``fake.attachment_size_limit``
 (10 MiB, also sent in interaction payloads); ``fake.enabled_privileged_intents``;
 ``await fake.request_reconnect()`` (op 7) and ``await fake.drop_gateway_connections()`` (then RESUME).
+
+Sharding (as Discord does it; see gateway.py)
+---------------------------------------------
+IDENTIFY may carry ``shard: [shard_id, shard_count]``; that session gets only its shard's guilds (READY's
+list, GUILD_CREATE, every guild event and interaction: shard ``(guild_id >> 22) % shard_count``) and direct
+messages go to shard 0. Unsharded clients get everything, as before. Knobs: ``fake.recommended_shards`` (1,
+``shards`` of ``GET /gateway/bot``, which discord.py's ``AutoShardedClient(shard_count=None)`` uses),
+``fake.max_concurrency`` (16) and ``fake.session_start_total`` (1000) for its ``session_start_limit``
+(``remaining`` drops by one per IDENTIFY); ``fake.sharding_required`` (False: when True an IDENTIFY without
+shards, or with 1, is closed with 4011); an invalid shard or a count that disagrees with connected shards is
+closed with 4010; ``fake.enforce_identify_concurrency`` (False: when True a second IDENTIFY in a bucket
+``shard_id % max_concurrency`` within 5 s gets op 9). discord.py 2.7.1 ignores max_concurrency and waits 5 s
+before each IDENTIFY but the first (``Client.before_identify_hook``): override that hook in sharded test bots.
 
 Example::
 

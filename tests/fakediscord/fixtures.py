@@ -103,6 +103,10 @@ class BotRunner:
             return bot
         ready.cancel()
         if task.done():
+            # A start that failed (e.g. a gateway close such as 4010 or 4011) is the caller's to assert on;
+            # the bot is closed here so that teardown does not raise the same error again.
+            del self._tasks[bot]
+            await bot.close()
             error = task.exception()
             raise error or RuntimeError('the bot stopped before it was ready')
         raise FakeDiscordTimeout(f'the bot was not ready within {timeout} s')

@@ -5,6 +5,13 @@ when its client closes with 1000/1001, as on Discord. (discord.py's ``Client.clo
 receive loop and usually sends 4000, so a closed bot's session normally stays resumable, as it would on
 Discord.) A new client (a restarted bot with the same token) simply IDENTIFYs and gets a fresh session;
 interactions go to the newest session only.
+
+Sharding works as on Discord: IDENTIFY may carry ``shard: [shard_id, shard_count]``; such a session gets only
+the guilds of its shard (READY, GUILD_CREATE, every guild event and interaction; direct messages go to shard
+0). An invalid shard, or a count that disagrees with another connected shard, closes with 4010; an unsharded
+IDENTIFY closes with 4011 while ``fake.sharding_required`` is set. IDENTIFY pacing (one per 5 s per bucket
+``shard_id % max_concurrency``) is checked only when ``fake.enforce_identify_concurrency`` is set: discord.py
+2.7.1 ignores ``max_concurrency`` and paces in ``Client.before_identify_hook`` (5 s by default).
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import secrets
 from typing import TYPE_CHECKING, Any, Deque, Dict, List, Optional, Set
 
 from aiohttp import WSMsgType, web
+
+from .sharding import Shard, owns, parse_identify_shard
 
 if TYPE_CHECKING:
     from .server import FakeDiscord
@@ -47,7 +56,10 @@ PRIVILEGED_INTENTS = INTENT_GUILD_MEMBERS | INTENT_GUILD_PRESENCES | INTENT_MESS
 CLOSE_NOT_AUTHENTICATED = 4003
 CLOSE_AUTHENTICATION_FAILED = 4004
 CLOSE_ALREADY_AUTHENTICATED = 4005
+CLOSE_INVALID_SHARD = 4010
+CLOSE_SHARDING_REQUIRED = 4011
 CLOSE_DISALLOWED_INTENTS = 4014
+IDENTIFY_WINDOW_SECONDS = 5.0
 # Closes with these codes end the session; any other close leaves it resumable.
 SESSION_ENDING_CLOSE_CODES = {1000, 1001}
 
@@ -58,12 +70,21 @@ _GUILD_EVENTS = {
 _MEMBER_EVENTS = {'GUILD_MEMBER_ADD', 'GUILD_MEMBER_UPDATE', 'GUILD_MEMBER_REMOVE'}
 _MESSAGE_EVENTS = {'MESSAGE_CREATE', 'MESSAGE_UPDATE', 'MESSAGE_DELETE', 'MESSAGE_DELETE_BULK'}
 _REACTION_EVENTS = {'MESSAGE_REACTION_ADD', 'MESSAGE_REACTION_REMOVE'}
+# Events whose payload is the guild itself; the others name theirs in ``guild_id``.
+_GUILD_PAYLOAD_EVENTS = {'GUILD_CREATE', 'GUILD_UPDATE', 'GUILD_DELETE'}
+
+
+def guild_id_of(event: str, data: Dict[str, Any]) -> Optional[int]:
+    """The guild an event belongs to, which decides its shard; None for direct messages."""
+    value = data.get('id') if event in _GUILD_PAYLOAD_EVENTS else data.get('guild_id')
+    return int(value) if value is not None else None
 
 
 @dataclasses.dataclass(frozen=True)
 class GatewayRecord:
     """One gateway happening, for tests: 'identify', 'resume', 'ready', 'resumed', 'invalid_session',
-    'dispatch' (with ``event``), 'reconnect_requested', 'closed' (with ``close_code`` and who closed)."""
+    'dispatch' (with ``event`` and ``guild_id``), 'reconnect_requested', 'closed' (with ``close_code`` and who
+    closed). ``shard`` is the session's (shard_id, shard_count), None for an unsharded one."""
 
     kind: str
     session_id: Optional[str]
@@ -71,6 +92,12 @@ class GatewayRecord:
     event: Optional[str] = None
     close_code: Optional[int] = None
     closed_by_server: Optional[bool] = None
+    shard: Optional[Shard] = None
+    guild_id: Optional[int] = None
+
+    @property
+    def shard_id(self) -> Optional[int]:
+        return self.shard[0] if self.shard is not None else None
 
 
 class GatewayConnection:
@@ -121,7 +148,7 @@ class GatewayConnection:
 
 
 class GatewaySession:
-    def __init__(self, gateway: 'Gateway', *, intents: int, shard: Optional[List[int]]) -> None:
+    def __init__(self, gateway: 'Gateway', *, intents: int, shard: Optional[Shard]) -> None:
         self.gateway = gateway
         self.session_id = secrets.token_hex(16)
         self.intents = intents
@@ -135,6 +162,9 @@ class GatewaySession:
     @property
     def connected(self) -> bool:
         return self.connection is not None and not self.ended
+
+    def owns(self, guild_id: Optional[int]) -> bool:
+        return owns(self.shard, guild_id)
 
     def _wants(self, event: str, data: Dict[str, Any]) -> bool:
         if event in _GUILD_EVENTS:
@@ -167,7 +197,7 @@ class GatewaySession:
         self.sequence += 1
         text = json.dumps({'op': OP_DISPATCH, 't': event, 's': self.sequence, 'd': self._redact_content(event, data)})
         self.replay.append((self.sequence, text))
-        self.gateway.record('dispatch', self.session_id, event=event)
+        self.gateway.record('dispatch', self.session_id, event=event, guild_id=guild_id_of(event, data))
         if self.connection is not None:
             self.connection.send_text(text)
             return True
@@ -182,11 +212,17 @@ class Gateway:
         self.records: List[GatewayRecord] = []
         self.heartbeat_interval_ms = 41250
         self._session_counter = 0
+        # Monotonic times of accepted IDENTIFYs per rate-limit bucket (shard_id % max_concurrency).
+        self._identified_at: Dict[int, float] = {}
 
     # --- bookkeeping ---------------------------------------------------------------------------------
 
     def record(self, kind: str, session_id: Optional[str], **extra: Any) -> None:
-        self.records.append(GatewayRecord(kind=kind, session_id=session_id, at=self.fake.clock.time(), **extra))
+        session = self.sessions.get(session_id or '')
+        shard = extra.pop('shard', None)  # given only for what happens before a session exists
+        if session is not None:
+            shard = session.shard
+        self.records.append(GatewayRecord(kind=kind, session_id=session_id, at=self.fake.clock.time(), shard=shard, **extra))
         self.fake._state_changed()
 
     def live_sessions(self) -> List[GatewaySession]:
@@ -195,15 +231,30 @@ class Gateway:
     def connected_sessions(self) -> List[GatewaySession]:
         return [session for session in self.live_sessions() if session.connected]
 
+    def sessions_for_guild(self, guild_id: Optional[int]) -> List[GatewaySession]:
+        """Live sessions that receive this guild's events (its shard's, and unsharded ones)."""
+        return [session for session in self.live_sessions() if session.owns(guild_id)]
+
+    def session_start_limit(self) -> Dict[str, int]:
+        """What ``GET /gateway/bot`` reports; each IDENTIFY uses one start, as on Discord."""
+        identifies = sum(1 for record in self.records if record.kind == 'identify')
+        return {
+            'total': self.fake.session_start_total,
+            'remaining': max(0, self.fake.session_start_total - identifies),
+            'reset_after': 24 * 3600 * 1000,
+            'max_concurrency': self.fake.max_concurrency,
+        }
+
     # --- dispatch ------------------------------------------------------------------------------------
 
     def dispatch(self, event: str, data: Dict[str, Any]) -> None:
-        for session in self.live_sessions():
+        for session in self.sessions_for_guild(guild_id_of(event, data)):
             session.dispatch(event, data)
 
     def dispatch_interaction(self, data: Dict[str, Any]) -> bool:
-        """Interactions go to one session only, the newest live one, so a stale bot cannot race a new one."""
-        sessions = sorted(self.live_sessions(), key=lambda session: session.order)
+        """Interactions go to one session only, the newest live one of the guild's shard, so a stale bot
+        cannot race a new one."""
+        sessions = sorted(self.sessions_for_guild(guild_id_of('INTERACTION_CREATE', data)), key=lambda session: session.order)
         if not sessions:
             return False
         return sessions[-1].dispatch('INTERACTION_CREATE', data)
@@ -288,7 +339,20 @@ class Gateway:
         if intents & PRIVILEGED_INTENTS & ~self.fake.enabled_privileged_intents:
             await connection.close(CLOSE_DISALLOWED_INTENTS, b'Disallowed intent(s).')
             return False
-        session = GatewaySession(self, intents=intents, shard=data.get('shard'))
+        try:
+            shard = self._check_shard(data.get('shard'))
+        except ValueError:
+            await connection.close(CLOSE_INVALID_SHARD, b'Invalid shard.')
+            return False
+        if self.fake.sharding_required and (shard is None or shard[1] == 1):
+            await connection.close(CLOSE_SHARDING_REQUIRED, b'Sharding required.')
+            return False
+        if not self._identify_allowed(shard):
+            # Discord answers an IDENTIFY over the bucket's limit with op 9, d=false: identify again later.
+            connection.send({'op': OP_INVALID_SESSION, 'd': False})
+            self.record('invalid_session', None, shard=shard)
+            return True
+        session = GatewaySession(self, intents=intents, shard=shard)
         self._session_counter += 1
         session.order = self._session_counter
         self.sessions[session.session_id] = session
@@ -297,7 +361,7 @@ class Gateway:
         self.record('identify', session.session_id)
         bot_user = self.fake.bot_user.to_payload()
         bot_user.update(verified=True, mfa_enabled=False, flags=0, locale='en-US')
-        guilds = self.fake.bot_guilds()
+        guilds = [guild for guild in self.fake.bot_guilds() if session.owns(guild.id)]
         ready: Dict[str, Any] = {
             'v': 10,
             'user': bot_user,
@@ -312,11 +376,32 @@ class Gateway:
             'geo_ordered_rtc_regions': [],
         }
         if session.shard is not None:
-            ready['shard'] = session.shard
+            ready['shard'] = list(session.shard)
         session.dispatch('READY', ready)
         self.record('ready', session.session_id)
         for guild in guilds:
             session.dispatch('GUILD_CREATE', self.fake._guild_create_payload(guild, session.intents))
+        return True
+
+    def _check_shard(self, value: Any) -> Optional[Shard]:
+        """The IDENTIFY's shard, or ValueError where Discord closes with 4010 Invalid shard."""
+        shard = parse_identify_shard(value)
+        if shard is not None:
+            counts = {session.shard[1] for session in self.connected_sessions() if session.shard is not None}
+            if counts - {shard[1]}:
+                raise ValueError(f'shard count {shard[1]} disagrees with connected shards of count {sorted(counts)}')
+        return shard
+
+    def _identify_allowed(self, shard: Optional[Shard]) -> bool:
+        """Whether this IDENTIFY fits the bucket's one-per-5-s limit (always, unless the fake enforces it)."""
+        if not self.fake.enforce_identify_concurrency:
+            return True
+        bucket = (shard[0] if shard is not None else 0) % self.fake.max_concurrency
+        now = self.fake.clock.monotonic()
+        last = self._identified_at.get(bucket)
+        if last is not None and now - last < IDENTIFY_WINDOW_SECONDS:
+            return False
+        self._identified_at[bucket] = now
         return True
 
     async def _resume(self, connection: GatewayConnection, data: Dict[str, Any]) -> bool:

@@ -301,8 +301,8 @@ class RestApi:
     async def get_gateway_bot(self, request: web.Request) -> web.Response:
         return json_response({
             'url': self.fake.gateway_url,
-            'shards': 1,
-            'session_start_limit': {'total': 1000, 'remaining': 1000, 'reset_after': 0, 'max_concurrency': 1},
+            'shards': self.fake.recommended_shards,
+            'session_start_limit': self.fake.gateway.session_start_limit(),
         })
 
     # --- application commands ------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from aiohttp import web
 
-from . import errors, rules
+from . import errors, rules, sharding
 from .clock import FakeClock
 from .errors import (
     CommandNotFound,
@@ -70,9 +70,9 @@ from .permissions import (
     has_all,
 )
 from .rest import API_PREFIX, IncomingFile, RateLimitRule, RequestRecord, RestApi, build_middleware
+from .sharding import DISCORD_EPOCH_MS, Shard
 
 T = TypeVar('T')
-DISCORD_EPOCH_MS = 1420070400000
 MESSAGE_TYPE_DEFAULT = 0
 MESSAGE_TYPE_CHAT_INPUT_COMMAND = 20
 # Flags a bot may set on a message it sends; Discord ignores or refuses the rest.
@@ -125,8 +125,16 @@ class FakeDiscord:
         self.attachment_size_limit = attachment_size_limit
         self.attachment_url_lifetime = attachment_url_lifetime
         self.enabled_privileged_intents = PRIVILEGED_INTENTS
+        # Sharding (see gateway.py): what GET /gateway/bot recommends and reports, and what IDENTIFY enforces.
+        self.recommended_shards = 1
+        self.max_concurrency = 16
+        self.session_start_total = 1000
+        self.sharding_required = False
+        self.enforce_identify_concurrency = False
 
         self._last_snowflake = 0
+        self._guild_cycle_start = sharding.guild_cycle_start(self.clock.time())
+        self._next_guild_index = 0
         self.bot_user = FakeUser(id=self._snowflake(), name=bot_name, bot=True)
         self.application_id = self.bot_user.id
         self.users: Dict[int, FakeUser] = {self.bot_user.id: self.bot_user}
@@ -351,6 +359,23 @@ class FakeDiscord:
     def gateway_sessions(self) -> List[GatewaySession]:
         return list(self.gateway.sessions.values())
 
+    def dispatches(self, event: Optional[str] = None, *, shard_id: Optional[int] = None,
+                   guild: Optional[GuildRef] = None) -> List[GatewayRecord]:
+        """Dispatch records, optionally only of one event, one shard (None: any) or one guild."""
+        guild_id = _id_of(guild) if guild is not None else None
+        return [
+            record for record in self.gateway.records
+            if record.kind == 'dispatch'
+            and (event is None or record.event == event)
+            and (shard_id is None or record.shard_id == shard_id)
+            and (guild_id is None or record.guild_id == guild_id)
+        ]
+
+    @staticmethod
+    def shard_of(guild: GuildRef, shard_count: int) -> int:
+        """The shard that owns a guild when the bot runs ``shard_count`` shards."""
+        return sharding.shard_of(_id_of(guild), shard_count)
+
     # ==================================================================================================
     # building the world
     # ==================================================================================================
@@ -367,9 +392,15 @@ class FakeDiscord:
         everyone_permissions: PermissionsLike = DEFAULT_EVERYONE_PERMISSIONS,
         bot_permissions: PermissionsLike = DEFAULT_BOT_PERMISSIONS,
         bot_is_member: bool = True,
+        shard: Optional[Shard] = None,
     ) -> FakeGuild:
-        """A guild with an @everyone role, an owner member, and (by default) the bot as a member."""
-        guild_id = self._snowflake()
+        """A guild with an @everyone role, an owner member, and (by default) the bot as a member.
+
+        Guilds alternate over shards in creation order (the k-th lands on shard k % n for n up to 16);
+        ``shard=(shard_id, shard_count)`` picks the owning shard instead."""
+        self._next_guild_index = sharding.guild_index_on_shard(self._next_guild_index, shard)
+        guild_id = sharding.guild_snowflake(self._guild_cycle_start, self._next_guild_index)
+        self._next_guild_index += 1
         owner = FakeUser(id=self._snowflake(), name=f'{name} owner')
         self.users[owner.id] = owner
         now = iso_timestamp(self.clock.time())
@@ -384,8 +415,12 @@ class FakeDiscord:
             guild.members[self.bot_user.id] = FakeMember(user=self.bot_user, guild=guild, role_ids=[bot_role.id], joined_at=now)
         self.guilds[guild_id] = guild
         if bot_is_member:
-            for session in self.gateway.live_sessions():
-                session.dispatch('GUILD_CREATE', self._guild_create_payload(guild, session.intents))
+            for session in self.gateway.sessions_for_guild(guild.id):
+                # A join's GUILD_CREATE has no 'unavailable' key (discord.py then dispatches guild_join, not
+                # guild_available); only the GUILD_CREATEs that follow READY say unavailable: false.
+                joined = self._guild_create_payload(guild, session.intents)
+                del joined['unavailable']
+                session.dispatch('GUILD_CREATE', joined)
         self._state_changed()
         return guild
 
