@@ -1,16 +1,19 @@
 # bigsleep-bot for a GPU host. Build: `docker build -t bigsleep-bot .`; run: the compose example in README.md.
 #
-# Base: PyTorch's official CUDA runtime image for exactly the torch this package pins (torch==2.14.1; its PyPI
-# build is the CUDA 13.0 one), so the gigabytes of torch and CUDA libraries arrive as one shared, cached layer.
-# `pip install .` below installs the package with the pins from pyproject.toml, as the README's install does:
-# pip keeps the image's torch because it satisfies the pin, and would install the pinned one if it did not, so
-# the image never runs another torch than a checkout does. tests/test_dockerfile.py keeps tag and pin in step.
-FROM pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime
+# Base: the official Python image (Debian bookworm, slim), with a Python that pyproject.toml allows. No CUDA
+# image is needed: the pinned torch from PyPI (torch==2.14.1, Linux) installs its own CUDA 13.0 runtime, cuDNN
+# and cuBLAS as pip packages (nvidia-*, cuda-toolkit), so the host needs only the NVIDIA driver (580 or newer,
+# as CUDA 13.0 asks) and the NVIDIA Container Toolkit, which mounts the driver into the container.
+# `pip install` below installs exactly the README's install: pyproject.toml's dependencies with their pins, then
+# this package. tests/test_dockerfile.py holds the image to that.
+FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_CACHE_DIR=1
+    PIP_NO_CACHE_DIR=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 WORKDIR /opt/bigsleep-bot
 

@@ -3,7 +3,8 @@
 Written from the reference notes (shared/reference/bigsleep.md), not from its code: fp32 everywhere, model
 weights left trainable (so autograd also computes weight gradients nobody uses), spectral norm recomputed on
 every forward, BigGAN-deep's last convolution at full width, one slice-and-resize per cutout, and the loss
-terms written the way the notes describe them. Crop boxes are passed in so both steps see the same crops.
+terms written the way the notes describe them. It draws its own crop positions, the reference's way, from a
+generator seeded like the engine's: the two steps see the same crops only if both draw them the same way.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import torch.nn.functional as F
 from pytorch_pretrained_biggan.model import GenBlock
 
 from generator.clip_model import CLIP_MEAN, CLIP_STD
-from generator.cutouts import CropBoxes
 
 
 def reference_render(biggan, z: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -34,12 +34,33 @@ def reference_render(biggan, z: torch.Tensor, classes: torch.Tensor) -> torch.Te
     return (torch.tanh(x) + 1) / 2
 
 
-def reference_losses(biggan, clip, z, class_logits, boxes: CropBoxes, positive, negative):
-    """(similarity, latent, class) losses of the reference formulation for one image."""
+def reference_crop_boxes(width: int, cutouts: int, rng: torch.Generator) -> list[tuple[int, int, int]]:
+    """(top, left, side) per cutout as BigSleep picks them: side = int(width * clip(N(0.8, 0.3), 0.5, 0.95)),
+    then a row and a column offset each uniform on the whole numbers 0 ... width - side, both ends included
+    (the reference's randint).
+
+    The reference takes its numbers from torch's and Python's global generators; these come from `rng`, in the
+    order the engine takes its own (every cutout's normal draw, then every row's uniform draw, then every
+    column's; uniforms in float64). That order is all the two share: turning the numbers into boxes is written
+    here on its own, so that a difference in how the engine does it shows up as different crops.
+    """
+    normal_draws = torch.randn(cutouts, generator=rng)
+    row_draws = torch.rand(cutouts, generator=rng, dtype=torch.float64).tolist()
+    column_draws = torch.rand(cutouts, generator=rng, dtype=torch.float64).tolist()
+    boxes = []
+    for normal_draw, row_draw, column_draw in zip(normal_draws, row_draws, column_draws):
+        side = int(width * (normal_draw * 0.3 + 0.8).clip(0.5, 0.95))  # float32, as the reference computes it
+        offsets = width - side + 1  # how many whole-pixel positions a side-long crop has
+        boxes.append((int(row_draw * offsets), int(column_draw * offsets), side))
+    return boxes
+
+
+def reference_losses(biggan, clip, z, class_logits, crop_rng: torch.Generator, cutouts: int, positive, negative):
+    """(similarity, latent, class) losses of the reference formulation for one image; crops drawn from `crop_rng`."""
     classes = torch.sigmoid(class_logits)
     image = reference_render(biggan, z, classes)
     pieces = []
-    for top, left, side in zip(boxes.top.tolist(), boxes.left.tolist(), boxes.side.tolist()):
+    for top, left, side in reference_crop_boxes(image.shape[-1], cutouts, crop_rng):
         piece = image[:, :, top : top + side, left : left + side]
         pieces.append(F.interpolate(piece, (224, 224), mode="nearest"))
     crops = torch.cat(pieces)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 
@@ -122,3 +123,25 @@ def random_clip(width: str = "tiny", seed: int = 0) -> CLIP:
     # same here, so that a random model behaves identically in memory and after a trip through a file.
     _cast_matrix_weights(model, torch.float16)
     return model.float()
+
+
+def save_torchscript_archive(model: CLIP, path: Path) -> None:
+    """Write `model` as OpenAI publishes CLIP (ViT-B-32.pt): a traced TorchScript archive with fp16 matrix weights
+    and the integer buffers input_resolution, context_length and vocab_size beside the weights."""
+    archived = copy.deepcopy(model).float().eval()
+    _cast_matrix_weights(archived, torch.float16)
+    input_size = input_resolution(archived)
+    del archived.context_length, archived.vocab_size  # plain ints on clip's class; tensors in OpenAI's archives
+    archived.register_buffer("input_resolution", torch.tensor(input_size))
+    archived.register_buffer("context_length", torch.tensor(archived.positional_embedding.shape[0]))
+    archived.register_buffer("vocab_size", torch.tensor(archived.token_embedding.num_embeddings))
+    image = torch.zeros(1, 3, input_size, input_size, dtype=torch.float16)
+    ids = encode_prompt("a photo")
+    text = torch.zeros(1, CONTEXT_LENGTH, dtype=torch.long)
+    text[0, : len(ids)] = torch.tensor(ids)
+    with warnings.catch_warnings(), torch.no_grad():
+        # The tracer's notes on Python values it freezes (as OpenAI's trace froze them), and torch's deprecation
+        # of TorchScript: the format is what OpenAI published, so it is the one to test loading with.
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace_module(archived, {"forward": (image, text), "encode_image": (image,), "encode_text": (text,)})
+        torch.jit.save(traced, str(path))

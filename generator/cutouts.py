@@ -26,11 +26,17 @@ class CropBoxes:
 
 
 def sample_crop_boxes(image_size: int, count: int, rng: torch.Generator) -> CropBoxes:
-    """Sides of size x clip(N(0.8, 0.3), 0.5, 0.95) pixels at uniformly random whole-pixel offsets."""
+    """Sides of size x clip(N(0.8, 0.3), 0.5, 0.95) pixels at uniformly random whole-pixel offsets.
+
+    Each offset is uniform on 0 ... size - side, both ends included (as BigSleep's randint draws it), so crops
+    reach the last row and column. The uniform draws are float64: their product with the count of positions
+    never rounds up to a position past the end.
+    """
     fractions = (torch.randn(count, generator=rng) * CROP_FRACTION_STD + CROP_FRACTION_MEAN).clamp(*CROP_FRACTION_RANGE)
     sides = (image_size * fractions).long()
-    top = (torch.rand(count, generator=rng) * (image_size - sides)).long()
-    left = (torch.rand(count, generator=rng) * (image_size - sides)).long()
+    positions = image_size - sides + 1
+    top = (torch.rand(count, generator=rng, dtype=torch.float64) * positions).long()
+    left = (torch.rand(count, generator=rng, dtype=torch.float64) * positions).long()
     return CropBoxes(top, left, sides)
 
 

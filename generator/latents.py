@@ -69,13 +69,18 @@ def soft_top_k(logits: torch.Tensor, k: int, temperature: float) -> torch.Tensor
 
 
 class LatentAverage:
-    """Bias-corrected exponential moving average of latents: the images we show are rendered from it."""
+    """Bias-corrected exponential moving average of latents: the images we show are rendered from it.
+
+    Kept as BigSleep keeps its own: the starting latents are the first value averaged (at creation), then one
+    update after every step; the zero-started sum is divided by 1 - decay^(values averaged).
+    """
 
     def __init__(self, latents: Latents, decay: float):
         self.decay = decay
         self._decay_power = 1.0
         self._biased = [torch.zeros_like(p, requires_grad=False) for p in latents.parameters()]
         self._latents = latents
+        self.update()
 
     @torch.no_grad()
     def update(self) -> None:
@@ -85,7 +90,5 @@ class LatentAverage:
 
     @torch.no_grad()
     def average(self) -> Latents:
-        if self._decay_power == 1.0:  # no update yet: the average of nothing is the current value
-            return Latents(*(p.detach().clone() for p in self._latents.parameters()))
-        correction = 1 - self._decay_power
+        correction = 1 - self._decay_power  # above 0: decay < 1, and the start was averaged
         return Latents(*(biased / correction for biased in self._biased))

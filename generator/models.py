@@ -18,7 +18,8 @@ from generator.weights import WeightFile, WeightsSource, ensure_files, files_for
 
 TINY_CHANNEL_WIDTH = 8
 TINY_WARNING = (
-    "Using the TINY models: random weights at toy width, for checking a setup without downloading 600 MB. "
+    "Using the TINY models: random weights at toy width, for checking a setup without downloading the real "
+    "weights (about 1 GB for CLIP and BigGAN-deep at all three sizes). "
     "Their images are noise, not pictures of your prompt."
 )
 RANDOM_WARNING = "Using RANDOM real-size models (for benchmarks): their images are noise, not pictures of your prompt."
@@ -91,7 +92,8 @@ def use_repeatable_kernels(device: torch.device) -> None:
 
     Some of torch's default CUDA kernels sum with atomics (the crop gather's backward is an index_add, BigGAN's
     upsample backward too), so two runs of one job differed: measured on an H100, 61% of pixels, mean 6.9 levels.
-    The deterministic kernels made them bit-identical at no measurable cost (benchmarks/determinism.py).
+    The deterministic kernels made them bit-identical, at 12% more time per step (benchmarks/determinism.py, the
+    same H100; README's measurements).
     """
     if device.type != "cuda":
         return
@@ -150,20 +152,35 @@ def load_biggan(folder: Path) -> BigGAN:
     """A BigGAN-deep from a folder holding pytorch-pretrained-biggan's `config.json` and `pytorch_model.bin`."""
     config = BigGANConfig.from_json_file(str(folder / "config.json"))
     model = BigGAN(config)
+    weights = folder / "pytorch_model.bin"
     try:
-        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated or foreign file: say which one, not a pickle traceback
-        raise ModelLoadError(f"{folder / 'pytorch_model.bin'} is not a readable BigGAN checkpoint ({error}). Delete it to download it again.") from error
-    mismatch = f"{folder / 'pytorch_model.bin'} does not match {folder / 'config.json'}"
+        raise ModelLoadError(f"{weights} is not a readable BigGAN checkpoint ({error}). Delete it to download it again.") from error
+    mismatch = f"{weights} does not match {folder / 'config.json'}"
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as error:  # tensors of the wrong shapes
         raise ModelLoadError(f"{mismatch} ({str(error).splitlines()[-1].strip()}). Delete both files to download them again.") from error
-    # Spectral-norm vectors are rebuilt by torch when absent; anything else missing means the wrong file.
-    missing = [key for key in missing if not key.endswith(("weight_u", "weight_v"))]
+    # Each weight is divided by its largest singular value, estimated from its stored vectors u and v. Without
+    # them the module keeps the random ones it was built with, a made-up scale for every weight: refuse instead.
+    spectral_norm = [key for key in missing if key.endswith(("weight_u", "weight_v"))]
+    if spectral_norm:
+        raise ModelLoadError(
+            f"{weights} lacks {len(spectral_norm)} spectral-norm vector(s) that BigGAN-deep needs to scale its weights "
+            f"({_first_few(spectral_norm)}): it is incomplete or not pytorch-pretrained-biggan's file. Delete it to download it again."
+        )
     if missing or unexpected:
-        raise ModelLoadError(f"{mismatch}: missing {missing[:3]}, unexpected {unexpected[:3]}. Delete both files to download them again.")
+        raise ModelLoadError(f"{mismatch}: missing {_first_few(missing)}; unexpected {_first_few(unexpected)}. "
+                             "Delete both files to download them again.")
     return model.eval()
+
+
+def _first_few(keys: list[str], shown: int = 4) -> str:
+    if not keys:
+        return "nothing"
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
 
 
 def write_random_weights(folder: Path, sizes: Sequence[int], width: str = "tiny") -> dict[str, Path]:
@@ -181,9 +198,11 @@ def write_random_weights(folder: Path, sizes: Sequence[int], width: str = "tiny"
     for size in sizes:
         config = biggan_ops.config_for_size(size, channel_width)
         model_path = written[_biggan_key(files_for_sizes([size]), size, "pytorch_model.bin")]
-        torch.save(biggan_ops.random_biggan(config).state_dict(), model_path)
+        # As pytorch-pretrained-biggan's converter saved the published files (torch 1.x): the legacy pickle format,
+        # a state dict holding each spectral norm's weight_orig, weight_u and weight_v.
+        torch.save(biggan_ops.random_biggan(config).state_dict(), model_path, _use_new_zipfile_serialization=False)
         (model_path.parent / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    torch.save(clip_model.random_clip(width).state_dict(), written[_clip_key(files_for_sizes(sizes))])
+    clip_model.save_torchscript_archive(clip_model.random_clip(width), written[_clip_key(files_for_sizes(sizes))])
     return written
 
 

@@ -10,9 +10,12 @@ import subprocess
 import sys
 import tomllib
 import zipfile
+from importlib.metadata import requires, version
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO_ROOT / "Dockerfile"
@@ -69,13 +72,35 @@ def test_hadolint_really_lints(tmp_path):
     assert {"DL3006", "DL3013", "DL3025"} <= codes and result.returncode != 0
 
 
-def test_base_image_carries_the_pinned_torch():
-    (base,) = arguments_of("FROM")
-    pins = dict(re.fullmatch(r"([\w.-]+)==([\w.]+)", requirement.split(";")[0].strip()).groups()
+def pins() -> dict[str, str]:
+    return dict(re.fullmatch(r"([\w.-]+)==([\w.]+)", requirement.split(";")[0].strip()).groups()
                 for requirement in PYPROJECT["project"]["dependencies"] if "==" in requirement)
-    image, tag = base.split(":")
-    assert image == "pytorch/pytorch"
-    assert tag.startswith(pins["torch"] + "-cuda") and tag.endswith("-runtime"), (tag, pins["torch"])
+
+
+def test_base_is_an_official_python_image_with_a_python_the_package_allows():
+    (base,) = arguments_of("FROM")
+    # The official image's naming: python:<major.minor>-slim-<Debian release>. A named release, so a rebuild
+    # does not move to another Debian under the same tag's meaning.
+    match = re.fullmatch(r"python:(3\.\d+)-slim-(bookworm|trixie)", base)
+    assert match, base
+    assert match.group(1) in SpecifierSet(PYPROJECT["project"]["requires-python"]), (match.group(1), PYPROJECT["project"]["requires-python"])
+
+
+def test_the_pinned_torch_brings_its_own_cuda_libraries_to_a_plain_linux_image():
+    """Why no CUDA base image is needed: the pinned torch's wheel for Linux requires the CUDA runtime and cuDNN as
+    pip packages. Checked on the torch installed here (the pin itself), for the image's Linux and Python."""
+    assert version("torch") == pins()["torch"]
+    python_version = re.search(r"python:(3\.\d+)", arguments_of("FROM")[0]).group(1)
+    image = {"platform_system": "Linux", "sys_platform": "linux", "platform_machine": "x86_64", "python_version": python_version}
+    on_linux = [Requirement(text) for text in requires("torch")]
+    on_linux = [r for r in on_linux if r.marker is None or r.marker.evaluate({**image, "extra": ""})]
+    names = {r.name for r in on_linux}
+    assert any(name.startswith("nvidia-cudnn") for name in names), names
+    (toolkit,) = [r for r in on_linux if r.name == "cuda-toolkit"]
+    assert "cudart" in toolkit.extras and "cublas" in toolkit.extras
+    # The CUDA version the Dockerfile and the README name (and so the driver they ask for) is the wheel's.
+    cuda = re.fullmatch(r"==(\d+\.\d+)\.\d+", str(toolkit.specifier)).group(1)
+    assert f"CUDA {cuda}" in DOCKERFILE.read_text() and f"CUDA {cuda}" in (REPO_ROOT / "README.md").read_text()
 
 
 def test_image_installs_the_package_as_the_readme_does_and_runs_its_entry_point():

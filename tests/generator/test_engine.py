@@ -131,9 +131,13 @@ def test_variation_starts_near_the_saved_latents(tiny_models):
 
 def test_batched_step_gives_each_job_its_own_gradient(tiny_models):
     engine = DreamEngine(tiny_models)
-    alone = engine.start(SPEC)
+    # Seed 1: batch-of-one and batch-of-two gradients differ by 2e-6 of the largest entry. Some starts sit near a
+    # kink of this random network, where the batch's summation order alone moves the gradient much more (seed 7,
+    # since crops reach the last row and column: 2.4e-2 in the first four rows, with the same job twice too).
+    spec = SPEC.with_changes(seed=1)
+    alone = engine.start(spec)
     engine.step([alone])
-    first, second = engine.start(SPEC), engine.start(SPEC.with_changes(prompt="a calm sea", seed=3))
+    first, second = engine.start(spec), engine.start(SPEC.with_changes(prompt="a calm sea", seed=3))
     engine.step([first, second])
     # Gradients, not latents: Adam's first step is about lr * sign(gradient), so a rounding-level difference in
     # a near-zero gradient would flip a whole step. The tolerance is rounding-level for this loss: with random

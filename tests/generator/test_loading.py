@@ -1,7 +1,8 @@
 """Models load through the same function users call, from files in the real formats.
 
-Tiny random models are written to disk as pytorch-pretrained-biggan's `config.json` + `pytorch_model.bin`
-and a CLIP state-dict checkpoint, then found in a local folder or downloaded from a server on 127.0.0.1.
+Tiny random models are written to disk as the published files are (pytorch-pretrained-biggan's `config.json` +
+legacy-format `pytorch_model.bin`, CLIP as a TorchScript archive; see test_real_formats.py), then found in a local
+folder or downloaded from a server on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 import torch
 
 from generator.engine import dream
-from generator.models import ModelLoadError, load_models, write_random_weights
+from generator.models import ModelLoadError, load_biggan, load_models, write_random_weights
 from generator.protocol import DreamSpec
 from generator.weights import MissingWeightsError, WeightsSource, files_for_sizes
 
@@ -107,3 +108,22 @@ def test_cuda_runs_use_repeatable_kernels_and_the_cpu_is_left_alone():
     result = subprocess.run([sys.executable, "-c", REPEATABLE_PROBE], capture_output=True, text=True, timeout=120,
                             check=True, env=environment, cwd=Path(__file__).resolve().parents[2])
     assert result.stdout.strip().splitlines()[-2:] == ["cpu False False None", "cuda True True :4096:8"]
+
+
+@pytest.mark.parametrize("dropped", [
+    ["generator.gen_z.weight_u"],
+    ["generator.layers.0.conv_1.weight_v", "generator.layers.3.bn_2.scale.weight_u", "generator.conv_to_rgb.weight_v"],
+])
+def test_a_checkpoint_without_its_spectral_norm_vectors_is_refused(tmp_path, dropped):
+    folder = tmp_path / "weights"
+    write_random_weights(folder, [128])
+    weights = folder / "biggan-deep-128/pytorch_model.bin"
+    state = torch.load(weights, weights_only=True)
+    for key in dropped:
+        del state[key]
+    torch.save(state, weights, _use_new_zipfile_serialization=False)
+    with pytest.raises(ModelLoadError) as caught:
+        load_biggan(weights.parent)
+    message = str(caught.value)
+    assert str(weights) in message and "spectral-norm" in message
+    assert all(key in message for key in dropped), message
