@@ -47,6 +47,7 @@ import yarl
 from fakediscord import FakeDiscord
 
 from bot.app import BigSleepBot
+from bot.database import Database
 from bot.jobs.fair_queue import FairQueue, JobRef
 from bot.jobs.simulated import SimulatedGenerationClient
 from bot.jobs.store import JobStore
@@ -342,7 +343,8 @@ async def measure_store_ops(folder: Path, queued: int = 10_000, servers: int = 5
     """Milliseconds per JobStore operation with `queued` jobs waiting in SQLite."""
     rng = random.Random(11)
     results: dict[str, float] = {}
-    async with JobStore.open(folder / "store-bench.sqlite3") as store:
+    async with Database.open(folder / "store-bench.sqlite3") as database:
+        store = JobStore(database)
         spec = DreamSpec(prompt="a bowl of cherries", seed=1)
         began = time.perf_counter()
         for _ in range(queued):

@@ -53,9 +53,9 @@ async def twice_through_worker(args: argparse.Namespace, spec: DreamSpec) -> Non
 
     client = GenerationClient(WorkerConfig(models_kind="random", sizes=(args.size,), device=args.device,
                                            clip_precision=args.clip_precision, max_batch_size=1, log_level="WARNING"))
-    await client.start()
     images = []
     try:
+        await client.start()  # if it raises, the client would go on retrying: stop() ends that too
         for attempt in range(2):
             async for event in client.submit(JobRequest(f"repeat-{attempt}", spec)):
                 if isinstance(event, JobResult):

@@ -112,9 +112,9 @@ async def measure(batch_size: int, args: argparse.Namespace) -> Measurement:
     )
     client = GenerationClient(config)
     started = time.perf_counter()
-    await client.start()
-    startup = time.perf_counter() - started
     try:
+        await client.start()  # if it raises, the client would go on retrying: stop() ends that too
+        startup = time.perf_counter() - started
         if not args.no_warmup:
             # One step of a full batch: first-use costs (allocations, kernel selection) stay out of the numbers.
             await run_jobs(client, [job_spec(10_000 + i, args, steps=1) for i in range(batch_size)], f"warmup{batch_size}")

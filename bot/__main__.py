@@ -3,6 +3,7 @@
     DISCORD_TOKEN=... bigsleep-bot                 # run
     bigsleep-bot --sync-guild 123456789012345678   # also register the commands in one server (instant)
     bigsleep-bot --sync                            # also register them globally (once per release)
+    bigsleep-bot doctor [--offline]                # check the setup (machine, data, database, token) and say what to fix
 
 Commands are only registered when asked: Discord limits command creates per day. For tests against a
 Discord-compatible server, DISCORD_API_BASE and DISCORD_GATEWAY_URL point discord.py elsewhere.
@@ -20,6 +21,7 @@ import sys
 from pathlib import Path
 
 PROG = "bigsleep-bot"
+CONFIG_HELP = "a TOML settings file instead of config/default.toml + config/local.toml"
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
 
@@ -39,8 +41,28 @@ def build_parser() -> argparse.ArgumentParser:
     sync = parser.add_mutually_exclusive_group()
     sync.add_argument("--sync", action="store_true", help="register the slash commands globally (takes up to an hour to show)")
     sync.add_argument("--sync-guild", type=int, metavar="ID", help="register the slash commands in one server (instant; for development)")
-    parser.add_argument("--config", type=Path, metavar="FILE", help="a TOML settings file instead of config/default.toml + config/local.toml")
+    parser.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
+    commands = parser.add_subparsers(dest="command", metavar="{doctor}", parser_class=_OneLineParser)
+    doctor = commands.add_parser(
+        "doctor",
+        help="check this machine for running the bot, and say how to fix what is wrong",
+        description="Check the configuration, Python and torch, the GPU, the configured device, the weights, the data "
+                    "folder and job database (read-only), and DISCORD_TOKEN; print OK, WARN or FAIL for each with a "
+                    "fix. Exits 1 when anything FAILs. The token is never printed.",
+    )
+    # SUPPRESS: `bigsleep-bot --config FILE doctor` keeps the FILE given before the command.
+    doctor.add_argument("--config", type=Path, metavar="FILE", default=argparse.SUPPRESS, help=CONFIG_HELP)
+    doctor.add_argument("--offline", action="store_true", help="do not ask Discord whether the token is valid")
     return parser
+
+
+def run_doctor(config: Path | None, *, offline: bool) -> int:
+    from bot.doctor import diagnose
+    from generator.doctor import format_report
+
+    findings = diagnose(config, offline=offline)
+    print(format_report(findings))
+    return EXIT_FAILED if any(finding.failed for finding in findings) else 0
 
 
 def point_discord_at(api_base: str | None, gateway_url: str | None) -> None:
@@ -78,6 +100,8 @@ async def run_until_stopped(bot, token: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "doctor":
+        return run_doctor(args.config, offline=args.offline)  # reports every problem itself, a missing token too
 
     from bot.settings import (
         DiscordConnection,

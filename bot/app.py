@@ -20,6 +20,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.challenges.commands import ChallengesCog
+from bot.database import Database
 from bot.health import HealthServer
 from bot.jobs.buttons import JobButton
 from bot.jobs.commands import JobsCog
@@ -82,6 +83,7 @@ class BigSleepTree(app_commands.CommandTree):
 
 
 class BigSleepBot(commands.Bot):
+    database: Database
     store: JobStore
     files: ResultFiles
     dispatcher: Dispatcher
@@ -127,7 +129,8 @@ class BigSleepBot(commands.Bot):
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.files = ResultFiles(settings.data_dir)
-        self.store = await JobStore.open(settings.database_path)
+        self.database = await Database.open(settings.database_path)
+        self.store = JobStore(self.database)
         recovered = await self.store.recover_after_restart(max_attempts=settings.worker.max_attempts)
         queued = await self.store.list_queued()
         dispatch_settings = settings_from(settings)
@@ -138,7 +141,6 @@ class BigSleepBot(commands.Bot):
             queue=queue,
             backend=self._backend_factory(settings),
             files=self.files,
-            backend_factory=lambda: self._backend_factory(settings),
             progress=self.progress,
             settings=dispatch_settings,
             recent_durations=await self.store.recent_durations(dispatch_settings.eta_history),
@@ -210,6 +212,6 @@ class BigSleepBot(commands.Bot):
             await self.dispatcher.stop()
             await self.progress.close()
         await super().close()
-        if self._started_services and self._closed_services and getattr(self, "store", None) is not None:
-            store, self.store = self.store, None  # type: ignore[assignment]
-            await store.close()
+        if self._started_services and self._closed_services and getattr(self, "database", None) is not None:
+            database, self.database = self.database, None  # type: ignore[assignment]
+            await database.close()

@@ -3,7 +3,8 @@
 /healthz answers 200 when all three hold, else 503, always with a JSON body saying what was checked; its
 "status" is "ok", "starting" (only the first worker is still loading its models) or "unhealthy":
   discord    the gateway is connected and the bot is ready (with the heartbeat latency)
-  worker     the generation worker is started and alive (a worker still loading its models counts as down)
+  worker     the generation worker takes jobs (one still loading its models counts as down); the body has the
+             worker's state, restarts and, while it is down, why (and when it tries again)
   database   the job database can take its write lock, and the data folder accepts a file write
 /metrics is Prometheus's text format (see bot.metrics for the names).
 
@@ -17,6 +18,7 @@ import logging
 import math
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,23 +120,29 @@ class HealthServer:
         dispatcher = getattr(self.bot, "dispatcher", None)
         if dispatcher is None:
             return Check(False, {"state": "not started"})
-        alive = dispatcher.worker_alive()
-        details: dict[str, Any] = {"alive": alive, "restarts": dispatcher.worker_restarts}
-        health = dispatcher.backend_health()
-        for name in ("state", "pid", "device", "failure"):
-            value = getattr(health, name, None)
-            if value is not None:
-                details[name] = value
-        if "state" not in details:
-            details["state"] = "ready" if alive else ("starting" if not dispatcher.backend_ready else "down")
-        return Check(alive, details)
+        health = dispatcher.worker_health()
+        details: dict[str, Any] = {
+            "state": health.state,
+            "alive": health.alive,
+            "accepting_jobs": health.accepting_jobs,
+            "restarts": health.restarts,
+        }
+        optional = {
+            "pid": health.pid,
+            "device": health.device,
+            "failure": health.failure,
+            "failed_starts": health.failed_starts or None,
+            "retry_in_seconds": None if health.retry_at is None else round(max(0.0, health.retry_at - time.time()), 1),
+        }
+        details.update((name, value) for name, value in optional.items() if value is not None)
+        return Check(health.accepting_jobs, details)
 
     async def database_check(self) -> Check:
-        store = getattr(self.bot, "store", None)
-        if store is None:
+        database = getattr(self.bot, "database", None)
+        if database is None:
             return Check(False, {"writable": False, "error": "the database is not open"})
         if self._database_check is None or self._database_check.done():
-            self._database_check = asyncio.create_task(self._probe_database(store), name="bigsleep-health-database")
+            self._database_check = asyncio.create_task(self._probe_database(database), name="bigsleep-health-database")
         try:
             # Shielded: a check that times out still finishes (and gives the write lock back) in the background.
             await asyncio.wait_for(asyncio.shield(self._database_check), DATABASE_CHECK_TIMEOUT)
@@ -144,8 +152,8 @@ class HealthServer:
             return Check(False, {"writable": False, "error": f"{type(error).__name__}: {error}"})
         return Check(True, {"writable": True})
 
-    async def _probe_database(self, store: Any) -> None:
-        await store.check_writable()
+    async def _probe_database(self, database: Any) -> None:
+        await database.check_writable()
         # The write lock says nothing about the disk: a full or read-only file system fails here.
         await asyncio.to_thread(_write_probe_file, Path(self.bot.settings.data_dir) / PROBE_FILE_NAME)
 

@@ -13,8 +13,9 @@ Metric names (all prefixed `bigsleep_`):
   job_run_seconds (histogram)              start -> done, for finished images
   steps_total                              optimisation steps done, summed over jobs: rate() is steps/s
   steps_per_second                         the same over the last minute, for dashboards without rate()
-  worker_up                                1 while the generation worker is ready
-  worker_restarts_total                    worker processes started to replace one that died, hung or gave up
+  worker_up                                1 while the generation worker takes jobs
+  worker_restarts_total                    worker processes started to replace one that died, hung or failed to
+                                           start (the worker client's own count: one per process)
   discord_api_errors_total{status,code}    Discord REST answers >= 400, by HTTP status and Discord's JSON code
                                            (429s included, even those discord.py retried by itself)
   discord_gateway_latency_seconds          the last heartbeat's round trip
@@ -167,9 +168,9 @@ class _LiveState(Collector):
     def _families(self, dispatcher: Dispatcher | None, client: Any) -> list[Any]:
         queue_length = GaugeMetricFamily(f"{PREFIX}_queue_length", "Jobs waiting, per server.", labels=["guild"])
         running = GaugeMetricFamily(f"{PREFIX}_jobs_running", "Jobs handed to the generation worker.")
-        worker_up = GaugeMetricFamily(f"{PREFIX}_worker_up", "1 while the generation worker is ready to run jobs.")
+        worker_up = GaugeMetricFamily(f"{PREFIX}_worker_up", "1 while the generation worker takes jobs.")
         restarts = CounterMetricFamily(
-            f"{PREFIX}_worker_restarts", "Worker processes started to replace one that died, hung or gave up."
+            f"{PREFIX}_worker_restarts", "Worker processes started to replace one that died, hung or failed to start."
         )
         steps_per_second = GaugeMetricFamily(
             f"{PREFIX}_steps_per_second", f"Optimisation steps per second over the last {STEPS_WINDOW_SECONDS:g} s."
@@ -179,8 +180,9 @@ class _LiveState(Collector):
             for guild_id, length in sorted(dispatcher.queue.guild_lengths().items()):
                 queue_length.add_metric([str(guild_id)], length)
             running.add_metric([], len(dispatcher.in_flight_progress()))
-            worker_up.add_metric([], 1.0 if dispatcher.worker_alive() else 0.0)
-            restarts.add_metric([], dispatcher.worker_restarts)
+            worker = dispatcher.worker_health()
+            worker_up.add_metric([], 1.0 if worker.accepting_jobs else 0.0)
+            restarts.add_metric([], worker.restarts)
         steps_per_second.add_metric([], self.metrics.step_rate.per_second())
         # Infinite or NaN until the first heartbeat comes back: no sample rather than a misleading one.
         if client is not None and math.isfinite(getattr(client, "latency", math.nan)):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import secrets
 import sys
@@ -15,6 +14,7 @@ from generator.protocol import ALLOWED_SIZES, CLIP_PRECISIONS, MAX_SEED, MODEL_K
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
+CONFIG_HELP = "a settings file instead of config/default.toml + config/local.toml (the bot's: its own keys are passed over)"
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
@@ -59,10 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     dream.add_argument("--timelapse", type=Path, default=None, metavar="GIF", help="write an animated GIF of the snapshots (every 10 steps unless --save-every)")
     dream.add_argument("--models", choices=MODEL_KINDS, default=None,
                        help="'tiny': toy random models that check the setup; 'random': real-size random models (benchmarks); "
-                            "both draw noise (default: $BIGSLEEP_MODELS or full)")
-    dream.add_argument("--device", default=os.environ.get("BIGSLEEP_DEVICE", "auto"), help="auto, cpu, cuda or cuda:N")
-    dream.add_argument("--clip-precision", choices=CLIP_PRECISIONS, default="auto",
-                       help="CLIP's weight precision; auto is fp16 on CUDA and bf16 on CPU (BigGAN always runs fp32)")
+                            "both draw noise (default: the configured models, else full)")
+    dream.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the configured device, else auto)")
+    dream.add_argument("--clip-precision", choices=CLIP_PRECISIONS, default=None,
+                       help="CLIP's weight precision; auto is fp16 on CUDA and bf16 on CPU; BigGAN always runs fp32 "
+                            "(default: the configured worker.clip_precision, else auto)")
+    dream.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
     dream.add_argument("--weights-dir", type=Path, default=None, help="a folder that already holds the weight files; the network is never used")
     dream.add_argument("--cache-dir", type=Path, default=None, help="where downloaded weights are kept (default: $BIGSLEEP_CACHE_DIR or the user cache)")
     dream.add_argument("--offline", action="store_true", help="never download; fail with instructions if weights are missing")
@@ -75,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "worker.sizes), verify their SHA-256, and keep them in the cache, so that the first /imagine "
                     "does not wait on a download. Files already present are verified, not downloaded again.",
     )
-    download.add_argument("--config", type=Path, metavar="FILE", help="the bot's settings file (default: as the bot finds it)")
+    download.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
     download.add_argument("--sizes", type=int, nargs="+", choices=ALLOWED_SIZES, metavar="SIZE",
                           help="BigGAN sizes to fetch instead of the configured worker.sizes (any of 128, 256, 512)")
     download.add_argument("--cache-dir", type=Path, default=None, help="where to keep the weights (default: $BIGSLEEP_CACHE_DIR or the user cache)")
@@ -83,13 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = commands.add_parser(
         "doctor",
-        help="check this machine for running the bot, and say how to fix what is wrong",
-        description="Check Python and torch, the GPU, the configured device, the weights, the configuration, the "
-                    "data folder and database, and the Discord token; print OK, WARN or FAIL for each with a fix. "
-                    "Exits 1 when anything FAILs.",
+        help="check this machine for generating images, and say how to fix what is wrong",
+        description="Check the generator's configuration, Python and torch, the GPU, the configured device and the "
+                    "weights with their checksums; print OK, WARN or FAIL for each with a fix. Exits 1 when anything "
+                    "FAILs. The bot's database and Discord token: `bigsleep-bot doctor`.",
     )
-    doctor.add_argument("--config", type=Path, metavar="FILE", help="the bot's settings file (default: as the bot finds it)")
-    doctor.add_argument("--offline", action="store_true", help="do not ask Discord whether the token is valid")
+    doctor.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
     return parser
 
 
@@ -135,7 +136,9 @@ def default_output_path(spec: DreamSpec) -> Path:
 
 
 def run_dream(args: argparse.Namespace) -> int:
+    from generator.settings import load_generator_settings
     from generator.tokens import check_prompt_lengths
+    from generator.weights import WeightsSource
 
     spec = spec_from_args(args)
     check_prompt_lengths(spec.prompt, spec.negative)
@@ -145,27 +148,7 @@ def run_dream(args: argparse.Namespace) -> int:
     if args.timelapse is not None and args.timelapse.suffix.lower() != ".gif":
         raise SpecError(f"--timelapse must end in .gif, not {args.timelapse.name!r}")
 
-    # torch loads slowly; only after the options are known to be good.
-    from tqdm import tqdm
-
-    from generator.engine import dream
-    from generator.images import timelapse_gif
-    from generator.models import (
-        RANDOM_WARNING,
-        TINY_WARNING,
-        clip_dtype_for,
-        load_models,
-        models_kind_from_env,
-        resolve_device,
-        use_repeatable_kernels,
-    )
-    from generator.weights import WeightsSource
-
-    kind = args.models or models_kind_from_env()
-    if kind != "full":
-        print(TINY_WARNING if kind == "tiny" else RANDOM_WARNING, file=sys.stderr)
-    device = resolve_device(args.device)
-    use_repeatable_kernels(device)
+    settings = load_generator_settings(args.config)
     source = WeightsSource.from_env()
     source = replace(
         source,
@@ -173,7 +156,27 @@ def run_dream(args: argparse.Namespace) -> int:
         local_dir=args.weights_dir or source.local_dir,
         offline=args.offline or source.offline,
     )
-    models = load_models(kind, [spec.size], device, clip_dtype_for(args.clip_precision, device), source)
+
+    # torch loads slowly; only after the options are known to be good.
+    from tqdm import tqdm
+
+    from generator.engine import dream
+    from generator.models import (
+        RANDOM_WARNING,
+        TINY_WARNING,
+        clip_dtype_for,
+        load_models,
+        resolve_device,
+        use_repeatable_kernels,
+    )
+
+    kind = args.models or settings.models
+    if kind != "full":
+        print(TINY_WARNING if kind == "tiny" else RANDOM_WARNING, file=sys.stderr)
+    device = resolve_device(args.device or settings.device)
+    use_repeatable_kernels(device)
+    clip_precision = args.clip_precision or settings.worker.clip_precision
+    models = load_models(kind, [spec.size], device, clip_dtype_for(clip_precision, device), source)
 
     snapshot_dir = out.with_name(out.stem + "-snapshots")
     print(f"Dreaming “{spec.prompt}” at {spec.size} px, {spec.steps} steps, seed {spec.seed}, on {device}.", file=sys.stderr)
@@ -191,36 +194,25 @@ def run_dream(args: argparse.Namespace) -> int:
     print(f"Saved {out} ({outcome.wall_seconds:.1f} s).")
     if args.timelapse is not None:
         args.timelapse.parent.mkdir(parents=True, exist_ok=True)
-        args.timelapse.write_bytes(timelapse_gif(outcome.snapshots))
+        args.timelapse.write_bytes(outcome.timelapse_gif())
         print(f"Saved {args.timelapse} ({len(outcome.snapshots)} frames).")
     return 0
 
 
-def configured_sizes(config: Path | None) -> tuple[str, tuple[int, ...]]:
-    """The bot's `models` and `worker.sizes`, read as the bot reads them (file, local.toml, BIGSLEEP_* variables)."""
-    from bot.settings import load_settings  # torch- and discord-free, like this command
-
-    settings = load_settings(config)
-    return settings.models, settings.worker.sizes
-
-
 def run_download(args: argparse.Namespace) -> int:
+    from generator.settings import load_generator_settings
     from generator.weights import WeightsSource, ensure_files, files_for_sizes, weights_root
 
     if args.sizes:
         sizes = tuple(dict.fromkeys(args.sizes))
     else:
-        models, sizes = configured_sizes(args.config)
+        settings = load_generator_settings(args.config)
+        models, sizes = settings.models, settings.worker.sizes
         if models != "full":
             print(f"Nothing to download: the configuration says models = {models!r}, which needs no weights. "
                   "Set models = \"full\" for real images, or name sizes with --sizes to fetch them anyway.")
             return 0
-    try:
-        source = WeightsSource.from_env()
-    except ValueError as error:  # a bad BIGSLEEP_OFFLINE: the message names it
-        from bot.settings import SettingsError
-
-        raise SettingsError(str(error)) from None
+    source = WeightsSource.from_env()  # a bad BIGSLEEP_OFFLINE raises SettingsError naming it
     source = replace(source, cache_dir=args.cache_dir or source.cache_dir, progress=not args.quiet)
     files = files_for_sizes(sizes, source.mirror)
     where = weights_root(source)
@@ -239,7 +231,7 @@ def run_download(args: argparse.Namespace) -> int:
 def run_doctor(args: argparse.Namespace) -> int:
     from generator.doctor import diagnose, format_report
 
-    findings = diagnose(args.config, offline=args.offline)
+    findings = diagnose(args.config)
     print(format_report(findings))
     return EXIT_FAILED if any(finding.failed for finding in findings) else 0
 
@@ -248,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "doctor":
         return run_doctor(args)  # reports every problem itself; never raises for one
-    from bot.settings import SettingsError
+    from generator.settings import SettingsError
     from generator.weights import MissingWeightsError, WeightsDownloadError
 
     failures: tuple[type[Exception], ...] = (MissingWeightsError, WeightsDownloadError)

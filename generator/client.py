@@ -7,9 +7,20 @@ One worker process at a time owns the GPU. Each process (an "incarnation") gets 
 process that is killed mid-message can never leave a half-written message or a held lock behind for the next
 one. A reader thread per incarnation turns pipe messages into calls on the event loop; a writer thread sends,
 so a worker busy with a long step never blocks the event loop on a full pipe. A supervisor task watches for
-silence (a frozen process) and for steps that take too long (a hang), kills such a worker, and both cases then
-follow the same path as any other death: the jobs it held run again in a new process, once, and one at a time
-(each may share its steps with new jobs), so that a job which kills the worker again fails alone.
+silence (a frozen process), steps that take too long (a hang) and starts that take too long, and kills such a
+worker; every case then follows the same path as any other death.
+
+This client is the one place that restarts workers, and it never gives up: a worker that dies is replaced at
+once; starts that keep failing are retried after growing pauses (`WorkerConfig.start_retry_pauses_s`), and so
+is a start whose models fail to load, which would fail the same way right away (an admin may fix the weights
+meanwhile). `health()` says where it stands and why, and counts each replacement process once in `restarts`.
+
+Jobs are not re-run here. A job goes to a worker only while one is ready (`health().accepting_jobs`); at other
+times `submit()` hands it straight back (JobInterrupted, not the job's fault). When a worker dies, each job it
+held ends with JobInterrupted naming the death. The caller, the bot's dispatcher, is the one scheduler: it
+queues such a job again at the front of its fair queue, counts that run as one of the job's attempts and runs
+it again alone (no two such jobs together), so a job that kills every worker fails by itself after its last
+attempt while the jobs that shared its worker finish: nothing is lost, and a crash loop is found.
 
 Messages between client and worker that callers never see (submit, cancel, stop, ready, heartbeat, ...), the
 worker's configuration and its health are in `generator.wire`; `generator.protocol` holds what callers see.
@@ -42,7 +53,6 @@ from generator.protocol import (
     JobInterrupted,
     JobProgress,
     JobRequest,
-    JobRestarted,
     JobResult,
     SpecError,
 )
@@ -56,22 +66,18 @@ from generator.wire import (
     WorkerHealth,
     WorkerReady,
     WorkerStartFailed,
+    WorkerStateKeeper,
     WorkerStopped,
 )
 
 log = logging.getLogger("bigsleep.client")
 
-CRASHED_TWICE = (
-    "The image generator crashed twice while making this image, so it gave up on it. "
-    "Other settings (fewer steps, cutouts or a smaller size) may work."
-)
 # How long a worker that closed its pipe may take to exit before it is killed.
 EXIT_GRACE_S = 10.0
-GENERATOR_UNAVAILABLE = "The image generator is not available right now; please try again later."
 
 
 class WorkerStartError(RuntimeError):
-    """The generation process could not be started (models failed to load, it kept dying, or it was too slow)."""
+    """The first worker could not be started (its models failed to load, it kept dying, or it was too slow)."""
 
 
 def _run_worker_process(config: WorkerConfig, requests: Connection, events: Connection) -> None:
@@ -114,10 +120,8 @@ class JobEvents:
 class _Ticket:
     request: JobRequest
     events: asyncio.Queue[JobEvent]
-    # The worker that holds the job; None while it waits for a worker to be ready.
-    worker: _Incarnation | None = None
-    # Worker deaths while a worker held this job.
-    deaths: int = 0
+    # The worker that holds the job.
+    worker: _Incarnation
     cancel_requested: bool = False
 
     @property
@@ -166,10 +170,14 @@ class GenerationClient:
         self._tickets: dict[str, _Ticket] = {}
         self._worker: _Incarnation | None = None
         self._numbers = itertools.count(1)
-        self._state = "not started"
-        self._restarts = 0
-        self._start_failures = 0
+        self._state = WorkerStateKeeper()
+        self._processes_started = 0
+        # Failed starts since a worker was last ready, and the pauses taken among them.
+        self._failed_starts = 0
+        self._pauses_taken = 0
         self._failure: str | None = None
+        self._retry_at: float | None = None
+        self._retry_timer: asyncio.TimerHandle | None = None
         self._first_start: asyncio.Future[None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
@@ -177,7 +185,11 @@ class GenerationClient:
         self._last_step_at: float | None = None
 
     async def __aenter__(self) -> GenerationClient:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -186,37 +198,48 @@ class GenerationClient:
     # ---- public API ---------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the worker and wait until its models are loaded. Raises WorkerStartError if that fails."""
-        if self._state != "not started":
-            raise RuntimeError(f"start() was already called (state: {self._state})")
+        """Start the worker and wait until its models are loaded.
+
+        Raises WorkerStartError if the first worker cannot be started (its models fail to load, or it failed
+        `start_failures_before_pausing` times). The client then goes on trying after pauses until stop(), so a
+        caller that can wait (the bot) just reads health() from then on; one that cannot calls stop()."""
+        if self._state.state != "not started":
+            raise RuntimeError(f"start() was already called (state: {self._state.state})")
         self._loop = asyncio.get_running_loop()
-        self._state = "starting"
         self._first_start = self._loop.create_future()
+        self._state.set("starting")
+        self._supervisor = self._loop.create_task(self._supervise(), name="bigsleep-generator-supervisor")
+        self._launch_worker()
         try:
-            self._launch()
-            self._supervisor = self._loop.create_task(self._supervise(), name="bigsleep-generator-supervisor")
             await self._first_start
-        except BaseException:
+        except asyncio.CancelledError:
             await self.stop()
             raise
 
     def submit(self, request: JobRequest) -> JobEvents:
-        """Queue a job now; its events (progress..., then one final event) come from the returned iterator.
+        """Hand a job to the worker now; its events (progress..., then one final event) come from the returned
+        iterator.
 
-        A job whose spec is out of range or of a size the worker did not load ends at once with JobFailed.
+        A job whose spec is out of range or of a size the worker did not load ends at once with JobFailed; one
+        submitted while no worker is ready (see health().accepting_jobs) ends at once with JobInterrupted.
         """
-        if self._state in ("not started", "stopping", "stopped"):
-            raise RuntimeError(f"cannot submit jobs: the generation client is {self._state}")
+        if self._state.state in ("not started", "stopping", "stopped"):
+            raise RuntimeError(f"cannot submit jobs: the generation client is {self._state.state}")
         if request.job_id in self._tickets:
             raise ValueError(f"job {request.job_id!r} is already running")
-        ticket = _Ticket(request, asyncio.Queue())
-        self._tickets[request.job_id] = ticket
+        events: asyncio.Queue[JobEvent] = asyncio.Queue()
         problem = self._reason_to_refuse(request)
+        worker = self._worker
         if problem is not None:
-            self._finish(ticket, JobFailed(request.job_id, problem))
-        elif self._worker_accepts_jobs():
-            self._dispatch()
-        return JobEvents(request.job_id, ticket.events)
+            events.put_nowait(JobFailed(request.job_id, problem))
+        elif not self._state.accepting_jobs or worker is None:
+            events.put_nowait(JobInterrupted(request.job_id))
+        else:
+            if not self._holds_jobs(worker):
+                worker.last_progress = time.monotonic()  # the hang clock starts when an idle worker gets work
+            self._tickets[request.job_id] = _Ticket(request, events, worker)
+            worker.send(SubmitJob(request))
+        return JobEvents(request.job_id, events)
 
     async def cancel(self, job_id: str) -> bool:
         """Stop a job at the next step boundary; its stream ends with JobCancelled (or with its result, if it
@@ -226,40 +249,49 @@ class GenerationClient:
             return False
         if not ticket.cancel_requested:
             ticket.cancel_requested = True
-            if ticket.worker is None:
-                self._finish(ticket, JobCancelled(job_id))
-            else:
-                ticket.worker.send(CancelJob(job_id))
+            ticket.worker.send(CancelJob(job_id))
         return True
 
     def health(self) -> WorkerHealth:
         """A snapshot of the worker's state; cheap, never waits."""
-        worker = self._worker
-        alive = worker is not None and worker.ready is not None and not worker.gone and self._state == "ready"
+        worker = self._worker if self._worker is not None and not self._worker.gone else None
+        ready = worker.ready if worker is not None else None
         return WorkerHealth(
-            state=self._state,
-            alive=alive,
-            pid=worker.pid if worker is not None and not worker.gone else None,
-            restarts=self._restarts,
+            state=self._state.state,
+            accepting_jobs=self._state.accepting_jobs,
+            alive=ready is not None,
+            restarts=max(0, self._processes_started - 1),
+            pid=worker.pid if worker is not None else None,
             in_flight_jobs=tuple(self._tickets),
             last_step_at=self._last_step_at,
             last_step_seconds=self._last_step.seconds if self._last_step else None,
             last_step_batch_size=self._last_step.batch_size if self._last_step else None,
             models_kind=self.config.models_kind,
-            device=worker.ready.device if worker is not None and worker.ready is not None else None,
+            device=ready.device if ready is not None else None,
+            sizes=tuple(ready.sizes) if ready is not None else tuple(self.config.sizes),
+            max_batch_size=self.config.max_batch_size,
             failure=self._failure,
+            failed_starts=self._failed_starts,
+            retry_at=self._retry_at,
         )
+
+    async def wait_until_accepting(self) -> None:
+        """Return once a worker takes jobs (at once if one does now)."""
+        await self._state.wait_until_accepting()
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Clean shutdown: the worker finishes its current step, every unfinished job ends with JobInterrupted
         (queue them again later), and the process is gone when this returns (killed after `timeout`)."""
-        if self._state == "not started":
-            self._state = "stopped"
+        if self._state.state == "not started":
+            self._state.set("stopped")
             return
-        if self._state in ("stopping", "stopped"):
+        if self._state.state in ("stopping", "stopped"):
             await self._stopped.wait()
             return
-        self._state = "stopping"
+        self._state.set("stopping")
+        self._retry_at = None
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
         if self._first_start is not None and not self._first_start.done():
             self._first_start.set_exception(WorkerStartError("the generation client was stopped while starting"))
         if self._supervisor is not None:
@@ -280,10 +312,17 @@ class GenerationClient:
             self._finish(ticket, JobInterrupted(ticket.job_id))
         if worker is not None:
             await self._join_threads(worker)
-        self._state = "stopped"
+        self._state.set("stopped")
         self._stopped.set()
 
     # ---- worker lifecycle ---------------------------------------------------------------------------------
+
+    def _launch_worker(self) -> None:
+        try:
+            self._launch()
+        except Exception as error:  # no process could be created at all (out of memory, out of processes)
+            log.exception("could not start a generation process")
+            self._start_failed(f"no generation process could be created: {error}", certain_to_repeat=True)
 
     def _launch(self) -> None:
         number = next(self._numbers)
@@ -296,10 +335,14 @@ class GenerationClient:
             # multiprocessing terminates daemonic children when this interpreter exits, even without stop().
             daemon=True,
         )
-        process.start()
-        # The child has its own copies now. Closing ours is what makes the child's death show as end-of-pipe.
-        worker_reads.close()
-        worker_writes.close()
+        try:
+            process.start()
+        finally:
+            # The child has its own copies now (or there is no child). Closing ours is what makes the child's
+            # death show as end-of-pipe.
+            worker_reads.close()
+            worker_writes.close()
+        self._processes_started += 1
         worker = _Incarnation(number, process, client_writes, client_reads)
         for target, role in ((self._read_events, "reader"), (self._write_requests, "writer")):
             thread = threading.Thread(target=target, args=(worker,), name=f"bigsleep-generator-{number}-{role}", daemon=True)
@@ -373,9 +416,10 @@ class GenerationClient:
     def _on_ready(self, worker: _Incarnation, ready: WorkerReady) -> None:
         worker.ready = ready
         worker.last_progress = time.monotonic()
-        self._start_failures = 0
-        if self._state in ("starting", "restarting"):
-            self._state = "ready"
+        self._failed_starts = self._pauses_taken = 0
+        self._failure = None
+        if self._state.state in ("starting", "restarting"):
+            self._state.set("ready")
         log.info(
             "generation process %d ready: %s models, sizes %s, on %s (CLIP %s), %.1f s after start",
             worker.number, ready.models_kind, list(ready.sizes), ready.device, ready.clip_dtype,
@@ -383,8 +427,6 @@ class GenerationClient:
         )
         if self._first_start is not None and not self._first_start.done():
             self._first_start.set_result(None)
-        if self._state == "ready":
-            self._dispatch()
 
     def _on_worker_gone(self, worker: _Incarnation, exit_code: int | None) -> None:
         if worker.gone:
@@ -397,44 +439,50 @@ class GenerationClient:
         if worker is not self._worker:
             return
         held = [ticket for ticket in self._tickets.values() if ticket.worker is worker]
-        if self._state in ("stopping", "stopped"):
+        if self._state.state in ("stopping", "stopped"):
             for ticket in held:
                 self._finish(ticket, JobInterrupted(ticket.job_id))
             return
         reason = worker.death_reason or _describe_exit(exit_code)
-        if worker.ready is None:
-            self._start_failures += 1
+        if worker.ready is None:  # it held no job: jobs go to ready workers only
             cause = worker.start_failure or f"the generation process ended before it was ready ({reason})"
-            log.error("generation process %d failed to start: %s", worker.number, cause)
-            if worker.start_failure is not None or self._start_failures >= self.config.max_start_failures:
-                self._give_up(cause)
-                return
-        else:
-            log.error("generation process %d (pid %s) died: %s; %d job(s) were in flight", worker.number, worker.pid, reason, len(held))
+            self._start_failed(cause, certain_to_repeat=worker.start_failure is not None, number=worker.number)
+            return
+        log.error(
+            "generation process %d (pid %s) died: %s; %d job(s) handed back; starting a new one",
+            worker.number, worker.pid, reason, len(held),
+        )
+        self._failure = f"the last generation process died: {reason}"
         for ticket in held:
-            ticket.worker = None
-            ticket.deaths += 1
-            if ticket.cancel_requested:
-                self._finish(ticket, JobCancelled(ticket.job_id))
-            elif ticket.deaths >= 2:
-                self._finish(ticket, JobFailed(ticket.job_id, CRASHED_TWICE))
-            else:
-                ticket.events.put_nowait(JobRestarted(ticket.job_id, f"The image generator restarted ({reason}); this image starts again."))
-        self._state = "restarting" if self._state == "ready" else self._state
-        self._restarts += 1
-        try:
-            self._launch()
-        except Exception as error:  # no process could be created at all (out of memory, out of processes)
-            log.exception("could not start a new generation process")
-            self._give_up(f"could not start a new generation process: {error}")
+            self._finish(ticket, JobCancelled(ticket.job_id) if ticket.cancel_requested else JobInterrupted(ticket.job_id, reason))
+        self._state.set("restarting")
+        self._launch_worker()
 
-    def _give_up(self, reason: str) -> None:
-        self._state = "failed"
-        self._failure = reason
+    def _start_failed(self, cause: str, *, certain_to_repeat: bool, number: int | None = None) -> None:
+        """A start failed: start another at once, or after a pause when starts keep failing or would fail alike."""
+        self._failed_starts += 1
+        self._failure = cause
+        which = f"generation process {number}" if number is not None else "a generation process"
+        if not certain_to_repeat and self._failed_starts < self.config.start_failures_before_pausing:
+            log.error("%s failed to start: %s; trying again now", which, cause)
+            self._state.set("restarting")
+            self._launch_worker()
+            return
+        pauses = self.config.start_retry_pauses_s
+        pause = pauses[min(self._pauses_taken, len(pauses) - 1)]
+        self._pauses_taken += 1
+        self._retry_at = time.time() + pause
+        self._state.set("waiting to retry")
+        log.error("%s failed to start (%d in a row): %s; trying again in %g s", which, self._failed_starts, cause, pause)
+        self._retry_timer = self._loop.call_later(pause, self._retry_start)
         if self._first_start is not None and not self._first_start.done():
-            self._first_start.set_exception(WorkerStartError(reason))
-        for ticket in list(self._tickets.values()):
-            self._finish(ticket, JobFailed(ticket.job_id, GENERATOR_UNAVAILABLE))
+            self._first_start.set_exception(WorkerStartError(cause))
+
+    def _retry_start(self) -> None:
+        self._retry_timer = self._retry_at = None
+        if self._state.state == "waiting to retry":
+            self._state.set("restarting")
+            self._launch_worker()
 
     async def _supervise(self) -> None:
         while True:
@@ -484,8 +532,6 @@ class GenerationClient:
     # ---- jobs ---------------------------------------------------------------------------------------------
 
     def _reason_to_refuse(self, request: JobRequest) -> str | None:
-        if self._state == "failed":
-            return GENERATOR_UNAVAILABLE
         try:
             request.spec.validate()
         except SpecError as error:
@@ -495,28 +541,8 @@ class GenerationClient:
             return f"This generator makes images of {sizes} pixels only, not {request.spec.size}."
         return None
 
-    def _worker_accepts_jobs(self) -> bool:
-        worker = self._worker
-        return self._state == "ready" and worker is not None and worker.ready is not None and not worker.gone
-
     def _holds_jobs(self, worker: _Incarnation) -> bool:
         return any(ticket.worker is worker for ticket in self._tickets.values())
-
-    def _dispatch(self) -> None:
-        """Send the worker every job waiting for one, except that jobs which were in a worker when it died go
-        one at a time: a job that kills its worker again is then found without taking innocent jobs with it."""
-        if not self._worker_accepts_jobs():
-            return
-        worker = self._worker
-        suspect_held = any(ticket.worker is worker and ticket.deaths > 0 for ticket in self._tickets.values())
-        for ticket in list(self._tickets.values()):
-            if ticket.worker is not None or (ticket.deaths > 0 and suspect_held):
-                continue
-            suspect_held = suspect_held or ticket.deaths > 0
-            if not self._holds_jobs(worker):
-                worker.last_progress = time.monotonic()  # the hang clock starts when an idle worker gets work
-            ticket.worker = worker
-            worker.send(SubmitJob(ticket.request))
 
     def _deliver(self, worker: _Incarnation, event: JobEvent) -> None:
         ticket = self._tickets.get(event.job_id)
@@ -530,10 +556,7 @@ class GenerationClient:
     def _finish(self, ticket: _Ticket, event: JobResult | JobFailed | JobCancelled | JobInterrupted) -> None:
         if self._tickets.get(ticket.job_id) is ticket:
             del self._tickets[ticket.job_id]
-            ticket.worker = None
             ticket.events.put_nowait(event)
-            if ticket.deaths > 0 and self._state == "ready":
-                self._dispatch()  # the next job re-run after a death may go now
 
 
 def _describe_exit(exit_code: int | None) -> str:

@@ -3,7 +3,12 @@
 A `DreamJob` owns one image's latents, Adam state, EMA, crop generator and step count. `DreamEngine.step`
 advances any set of same-size jobs by one step in one batched forward and backward pass. Since every job's
 loss depends only on its own latents, the gradient each job receives does not depend on which other jobs
-shared the batch (up to float rounding in batched kernels). `dream()` runs one job start to finish.
+shared the batch (up to float rounding in batched kernels).
+
+What follows a step is the same wherever jobs run (`DreamEngine.report`): a snapshot when one is due, kept as a
+timelapse frame if the job keeps them, and once the job is finished its outcome (final image, latents, frames).
+Each caller passes its own per-step callback: `dream()` (the command line) runs one job start to finish, the
+generation worker (`generator.worker`) runs batches and sends what it is handed to the bot.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from PIL import Image
 from generator import biggan as biggan_ops
 from generator import clip_model
 from generator.cutouts import cut_and_resize, sample_crop_boxes
-from generator.images import to_pil
+from generator.images import timelapse_gif, to_pil
 from generator.latents import LatentAverage, Latents, class_vectors
 from generator.losses import class_loss, latent_loss, similarity_loss
 from generator.models import DreamModels
@@ -29,24 +34,31 @@ class DreamCancelled(Exception):
     """The caller asked to stop; raised between steps."""
 
 
+@dataclass
+class DreamOutcome:
+    image: Image.Image
+    latents_npz: bytes
+    # The snapshots the job kept as timelapse frames (none unless it keeps frames).
+    snapshots: list[Image.Image]
+    steps: int
+    wall_seconds: float
+
+    def timelapse_gif(self) -> bytes:
+        """The kept snapshots as an animated GIF; just the final image when none were kept."""
+        return timelapse_gif(self.snapshots or [self.image])
+
+
 @dataclass(frozen=True)
 class StepReport:
     step: int  # steps done so far, 1-based
     total: int
     loss: float
     snapshot: Image.Image | None = None
+    # Set after the job's last step.
+    outcome: DreamOutcome | None = None
 
 
-@dataclass
-class DreamOutcome:
-    image: Image.Image
-    latents_npz: bytes
-    snapshots: list[Image.Image]
-    steps: int
-    wall_seconds: float
-
-
-@dataclass
+@dataclass(eq=False)  # compared (and hashed) by identity: one job is one object
 class DreamJob:
     """One image in progress. Create with `DreamEngine.start`."""
 
@@ -57,6 +69,9 @@ class DreamJob:
     crop_rng: torch.Generator
     positive_embeddings: torch.Tensor
     negative_embeddings: torch.Tensor
+    # Keep every snapshot for a timelapse of the job.
+    keeps_frames: bool = False
+    frames: list[Image.Image] = field(default_factory=list)
     step: int = 0
     last_loss: float = float("nan")
     # Fewer cutouts than the spec asked for: set when memory ran out and the job is retried smaller.
@@ -81,12 +96,17 @@ class DreamJob:
         return every > 0 and (self.step % every == 0 or self.finished)
 
 
+StepCallback = Callable[[DreamJob, StepReport], None]
+ReportErrorCallback = Callable[[DreamJob, Exception], None]
+
+
 class DreamEngine:
     def __init__(self, models: DreamModels):
         self.models = models
 
-    def start(self, spec: DreamSpec) -> DreamJob:
-        """Set up a job: validates the spec, encodes its prompts, draws its initial latents from its seed."""
+    def start(self, spec: DreamSpec, keep_frames: bool = False) -> DreamJob:
+        """Set up a job: validates the spec, encodes its prompts, draws its initial latents from its seed.
+        `keep_frames`: keep its snapshots for a timelapse."""
         spec.validate()
         models = self.models
         generator = models.generator(spec.size)
@@ -104,6 +124,7 @@ class DreamEngine:
             crop_rng=rng,
             positive_embeddings=clip_model.encode_texts(models.clip, spec.prompts, models.device),
             negative_embeddings=clip_model.encode_texts(models.clip, spec.negative_prompts, models.device),
+            keeps_frames=keep_frames,
         )
 
     def losses(self, jobs: Sequence[DreamJob]) -> torch.Tensor:
@@ -146,6 +167,41 @@ class DreamEngine:
             job.last_loss = value
         return values
 
+    def advance(self, jobs: Sequence[DreamJob], on_step: StepCallback, on_error: ReportErrorCallback | None = None) -> None:
+        """One step for `jobs`, then `report` it. An error of the step itself is raised (no job was reported)."""
+        self.report(jobs, self.step(jobs), on_step, on_error)
+
+    def report(
+        self,
+        jobs: Sequence[DreamJob],
+        losses: Sequence[float],
+        on_step: StepCallback,
+        on_error: ReportErrorCallback | None = None,
+    ) -> None:
+        """After a step (`losses` as it returned them), hand each job's StepReport to `on_step`: a snapshot when one
+        is due (kept as a frame if the job keeps frames) and, after its last step, its outcome. When rendering or
+        `on_step` raises for one job, `on_error` gets the job and the error and the other jobs are still reported;
+        without `on_error` the error is raised."""
+        for job, loss in zip(list(jobs), losses, strict=True):  # a copy: a callback may drop a finished job from `jobs`
+            try:
+                on_step(job, self._step_report(job, loss))
+            except Exception as error:
+                if on_error is None:
+                    raise
+                on_error(job, error)
+
+    def _step_report(self, job: DreamJob, loss: float) -> StepReport:
+        snapshot = self.render_average(job) if job.wants_snapshot() else None
+        if snapshot is not None and job.keeps_frames:
+            job.frames.append(snapshot)
+        outcome = self._outcome(job, snapshot) if job.finished else None
+        return StepReport(job.step, job.spec.steps, loss, snapshot, outcome)
+
+    def _outcome(self, job: DreamJob, last_snapshot: Image.Image | None) -> DreamOutcome:
+        # With snapshots on, the one taken after the last step already is the final picture.
+        final = last_snapshot if last_snapshot is not None else self.render_average(job)
+        return DreamOutcome(final, self.average_latents_npz(job), job.frames, job.step, time.perf_counter() - job.started_at)
+
     @torch.no_grad()
     def render_average(self, job: DreamJob) -> Image.Image:
         """The picture we show: rendered from the job's averaged (EMA) latents."""
@@ -165,21 +221,20 @@ def dream(
     should_stop: Callable[[], bool] | None = None,
     keep_snapshots: bool = False,
 ) -> DreamOutcome:
-    """Run one job to the end. `should_stop` is asked before every step; if it says yes, DreamCancelled."""
-    started = time.perf_counter()
+    """Run one job to the end. `should_stop` is asked before every step; if it says yes, DreamCancelled.
+    `keep_snapshots`: keep the snapshots in the outcome, for a timelapse."""
     engine = DreamEngine(models)
-    job = engine.start(spec)
-    snapshots: list[Image.Image] = []
-    snapshot = None
-    while not job.finished:
+    job = engine.start(spec, keep_frames=keep_snapshots)
+    outcome: DreamOutcome | None = None
+
+    def step_done(_job: DreamJob, report: StepReport) -> None:
+        nonlocal outcome
+        outcome = report.outcome
+        if on_step is not None:
+            on_step(report)
+
+    while outcome is None:
         if should_stop is not None and should_stop():
             raise DreamCancelled(f"stopped after {job.step} of {spec.steps} steps")
-        (loss,) = engine.step([job])
-        snapshot = engine.render_average(job) if job.wants_snapshot() else None
-        if snapshot is not None and keep_snapshots:
-            snapshots.append(snapshot)
-        if on_step is not None:
-            on_step(StepReport(job.step, spec.steps, loss, snapshot))
-    # With snapshots on, the last one was taken after the last step and is the final picture already.
-    final = snapshot if snapshot is not None else engine.render_average(job)
-    return DreamOutcome(final, engine.average_latents_npz(job), snapshots, job.step, time.perf_counter() - started)
+        engine.advance([job], step_done)
+    return outcome

@@ -105,13 +105,6 @@ def use_repeatable_kernels(device: torch.device) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def models_kind_from_env() -> str:
-    kind = os.environ.get("BIGSLEEP_MODELS", "full").strip().lower() or "full"
-    if kind not in MODEL_KINDS:
-        raise ModelLoadError(f"BIGSLEEP_MODELS must be one of {', '.join(MODEL_KINDS)}, not {kind!r}")
-    return kind
-
-
 def load_models(
     kind: str,
     sizes: Sequence[int],

@@ -7,7 +7,9 @@ the same thing wherever it is run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import Any
 
 ALLOWED_SIZES = (128, 256, 512)
 MAX_STEPS = 5000
@@ -19,6 +21,12 @@ PROMPT_SEPARATOR = "|"
 MODEL_KINDS = ("full", "tiny", "random")
 # CLIP's weight precision by name; "auto" lets the device decide (generator.models.clip_dtype_for).
 CLIP_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# The stored form of a DreamSpec (DreamSpec.to_document). Adding a field with a default keeps the version: older
+# documents load with the default. Bump it only for a change older documents cannot be read by.
+SPEC_DOCUMENT_VERSION = 1
+# Fields sent to the worker with a job but never stored: a variation's latents live in a file the bot keeps, and
+# the snapshot interval is worked out for each run.
+_TRANSPORT_ONLY_FIELDS = frozenset({"init_latents", "snapshot_every"})
 
 
 class SpecError(ValueError):
@@ -54,6 +62,32 @@ class DreamSpec:
 
     def with_changes(self, **changes) -> DreamSpec:
         return replace(self, **changes)
+
+    def to_document(self) -> dict[str, Any]:
+        """The spec as a JSON-ready document for storing: a version and every field but the transport-only ones."""
+        document: dict[str, Any] = {"version": SPEC_DOCUMENT_VERSION}
+        for spec_field in fields(self):
+            if spec_field.name not in _TRANSPORT_ONLY_FIELDS:
+                document[spec_field.name] = getattr(self, spec_field.name)
+        return document
+
+    @classmethod
+    def from_document(cls, document: Mapping[str, Any]) -> DreamSpec:
+        """A spec from a stored document. A field the document lacks (added after it was written) takes its
+        default; a key this version does not know (written by a newer one) is ignored, as a setting it cannot
+        apply; a document version other than this one's is refused."""
+        version = document.get("version")
+        if version != SPEC_DOCUMENT_VERSION:
+            raise ValueError(
+                f"the spec document has version {version!r}, but this version reads version "
+                f"{SPEC_DOCUMENT_VERSION} only; upgrade to the version that wrote it"
+            )
+        stored = [f for f in fields(cls) if f.name not in _TRANSPORT_ONLY_FIELDS]
+        missing = [f.name for f in stored if f.name not in document and f.default is MISSING
+                   and f.default_factory is MISSING]
+        if missing:
+            raise ValueError(f"the spec document lacks {', '.join(missing)}, which have no default")
+        return cls(**{f.name: document[f.name] for f in stored if f.name in document})
 
     def validate(self) -> DreamSpec:
         """Check ranges that do not need the models (prompt length against CLIP needs the tokenizer)."""
@@ -139,22 +173,15 @@ class JobCancelled:
 
 @dataclass(frozen=True)
 class JobInterrupted:
-    """The worker stopped (shutdown) before the job finished; the caller should queue it again."""
+    """The job did not finish and should be queued again (at the front).
+
+    `worker_death` is None when the job is not to blame: a clean stop, or the job never reached a worker (none
+    was ready). Otherwise it says how the worker that was running the job died (killed, hung, crashed): that
+    run counts as one of the job's attempts, so a job that kills every worker it meets is found."""
 
     job_id: str
+    worker_death: str | None = None
 
 
-@dataclass(frozen=True)
-class JobRestarted:
-    """The generation process died while it held the job; the job runs again from step 0 in a new process.
-
-    Not final: progress starts again at step 1 and, for the same spec, ends in the same image (within float
-    rounding). A job is re-run once; if the process dies again while it holds the job, JobFailed follows.
-    """
-
-    job_id: str
-    reason: str
-
-
-JobEvent = JobProgress | JobResult | JobFailed | JobCancelled | JobInterrupted | JobRestarted
+JobEvent = JobProgress | JobResult | JobFailed | JobCancelled | JobInterrupted
 FINAL_EVENTS = (JobResult, JobFailed, JobCancelled, JobInterrupted)

@@ -31,13 +31,15 @@ from typing import Any
 import platformdirs
 
 from generator.protocol import ALLOWED_SIZES
+from generator.settings import WeightsSettings
 
 log = logging.getLogger(__name__)
 
-CACHE_DIR_ENV = "BIGSLEEP_CACHE_DIR"
-WEIGHTS_DIR_ENV = "BIGSLEEP_WEIGHTS_DIR"
-OFFLINE_ENV = "BIGSLEEP_OFFLINE"
-MIRROR_ENV = "BIGSLEEP_WEIGHTS_MIRROR"
+# Named in messages; generator.settings.WeightsSettings reads them.
+CACHE_DIR_ENV = WeightsSettings.variable("cache_dir")
+WEIGHTS_DIR_ENV = WeightsSettings.variable("weights_dir")
+OFFLINE_ENV = WeightsSettings.variable("offline")
+MIRROR_ENV = WeightsSettings.variable("weights_mirror")
 
 CHECKSUMS_FILE_NAME = "checksums.json"
 _CHECKSUMS_FORMAT = 1
@@ -109,25 +111,12 @@ def files_for_sizes(sizes: Iterable[int], mirror: str | None = None) -> list[Wei
     return list(files.values())
 
 
-def default_cache_dir() -> Path:
+def default_cache_dir(settings: WeightsSettings | None = None) -> Path:
     """$BIGSLEEP_CACHE_DIR if set, else the platform's per-user cache folder."""
-    configured = os.environ.get(CACHE_DIR_ENV, "").strip()
-    if configured:
-        return Path(configured).expanduser()
+    configured = (settings or WeightsSettings.from_env()).cache_dir
+    if configured is not None:
+        return configured.expanduser()
     return Path(platformdirs.user_cache_dir("bigsleep-bot", appauthor=False)) / "weights"
-
-
-_TRUE_WORDS = {"1", "true", "yes", "on"}
-_FALSE_WORDS = {"", "0", "false", "no", "off"}
-
-
-def _env_flag(name: str) -> bool:
-    value = os.environ.get(name, "").strip().lower()
-    if value in _TRUE_WORDS:
-        return True
-    if value in _FALSE_WORDS:
-        return False
-    raise ValueError(f"{name}={os.environ[name]!r} is neither on (1, true, yes) nor off (0, false, no).")
 
 
 @dataclass(frozen=True)
@@ -148,13 +137,14 @@ class WeightsSource:
 
     @classmethod
     def from_env(cls) -> WeightsSource:
-        local_dir = os.environ.get(WEIGHTS_DIR_ENV, "").strip()
-        mirror = os.environ.get(MIRROR_ENV, "").strip()
+        """From $BIGSLEEP_CACHE_DIR, $BIGSLEEP_WEIGHTS_DIR, $BIGSLEEP_OFFLINE and $BIGSLEEP_WEIGHTS_MIRROR; a value
+        that makes no sense raises ValueError naming its variable."""
+        settings = WeightsSettings.from_env()
         return cls(
-            cache_dir=default_cache_dir(),
-            local_dir=Path(local_dir) if local_dir else None,
-            offline=_env_flag(OFFLINE_ENV),
-            mirror=mirror or None,
+            cache_dir=default_cache_dir(settings),
+            local_dir=settings.weights_dir,
+            offline=settings.offline,
+            mirror=settings.weights_mirror,
         )
 
 

@@ -1,14 +1,17 @@
 """What crosses the boundary between the generation client (asyncio, in the bot's process) and the generation
-process (torch): the worker's configuration, the health the client reports, and the private control messages
-(submit, cancel, stop, ready, heartbeat, ...). Job events that callers see are in `generator.protocol`.
+process (torch): the worker's configuration, the health the client reports (the health of every generation
+backend, the bot's simulated one included), and the private control messages (submit, cancel, stop, ready,
+heartbeat, ...). Job events that callers see are in `generator.protocol`.
 
 Torch-free and discord-free: the client, the worker and the bot all import it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass, field
+from typing import Literal
 
 from generator.protocol import ALLOWED_SIZES, CLIP_PRECISIONS, MODEL_KINDS, JobRequest
 
@@ -47,8 +50,13 @@ class WorkerConfig:
     heartbeat_timeout_s: float = 30.0
     # From process start to models loaded (importing torch, maybe downloading the weights first).
     startup_timeout_s: float = 1800.0
-    # A worker that dies before it is ready this many times in a row is not started again.
-    max_start_failures: int = 3
+    # A worker that dies before it is ready is replaced at once, up to this many failed starts in a row; after
+    # that (or at once when its models fail to load, which a new try right away would repeat) the client
+    # waits before each next try.
+    start_failures_before_pausing: int = 3
+    # Those waits, in seconds: the first pause, the second, ...; the last one repeats. The client never gives
+    # up (an admin may fix the weights folder meanwhile); a worker that gets ready starts the series over.
+    start_retry_pauses_s: tuple[float, ...] = (5.0, 15.0, 60.0, 300.0)
     # How often the supervisor looks at the worker; deaths by exit are noticed at once (end of pipe) anyway.
     supervise_interval_s: float = 0.25
     torch_threads: int | None = None
@@ -74,34 +82,76 @@ class WorkerConfig:
         for name in ("hang_timeout_s", "heartbeat_interval_s", "startup_timeout_s", "supervise_interval_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        if self.max_start_failures < 1:
-            raise ValueError("max_start_failures must be at least 1")
+        if self.start_failures_before_pausing < 1:
+            raise ValueError("start_failures_before_pausing must be at least 1")
+        if not self.start_retry_pauses_s or any(pause < 0 for pause in self.start_retry_pauses_s):
+            raise ValueError(f"start_retry_pauses_s must be one or more seconds >= 0, not {self.start_retry_pauses_s!r}")
         for name in ("engine_factory", "log_formatter"):
             value = getattr(self, name)
             if value is not None and ":" not in value:
                 raise ValueError(f"{name} must look like 'module:name', not {value!r}")
 
 
+WorkerState = Literal["not started", "starting", "ready", "restarting", "waiting to retry", "stopping", "stopped"]
+
+
 @dataclass(frozen=True)
 class WorkerHealth:
-    # not started, starting, ready, restarting, stopping, stopped or failed (gave up starting a worker).
-    state: str
-    # A worker process is running with its models loaded.
-    alive: bool
-    pid: int | None
-    # Workers started to replace one that died (or hung).
-    restarts: int
-    # Jobs submitted and not finished, in submission order, whether a worker holds them or they wait for one.
-    in_flight_jobs: tuple[str, ...]
+    """What a generation backend says about its worker (`GenerationBackend.health()`); cheap to read, torch-free.
+
+    States: "not started"; "starting" (the first worker loads its models); "ready"; "restarting" (a worker
+    that replaces one that died, hung or failed to start loads its models); "waiting to retry" (starts kept
+    failing: the next try is at `retry_at`, and `failure` says why); "stopping"; "stopped".
+    """
+
+    state: WorkerState
+    # Jobs handed to submit() now reach a worker (state "ready"); at other times submit() hands them back.
+    accepting_jobs: bool
+    # A worker process is up with its models loaded (also while it stops).
+    alive: bool = False
+    # Worker processes started to replace one that died, hung or failed to start: one per process.
+    restarts: int = 0
+    pid: int | None = None
+    # Jobs submitted and not finished, in submission order.
+    in_flight_jobs: tuple[str, ...] = ()
     # Wall-clock time (time.time()) the last optimisation step ended, its duration and how many jobs it held.
-    last_step_at: float | None
-    last_step_seconds: float | None
-    last_step_batch_size: int | None
-    models_kind: str
+    last_step_at: float | None = None
+    last_step_seconds: float | None = None
+    last_step_batch_size: int | None = None
+    models_kind: str = ""
     # As the worker resolved it ("cuda:0", "cpu"); None until a worker is ready.
-    device: str | None
-    # Why the client gave up on starting workers (state "failed"), for the operator.
+    device: str | None = None
+    # Image sizes the worker makes, and how many jobs it runs together.
+    sizes: tuple[int, ...] = ()
+    max_batch_size: int = 1
+    # Why the last worker died or failed to start, until a worker is ready again (for the operator).
     failure: str | None = None
+    # Failed starts in a row, and (state "waiting to retry") the wall-clock time of the next try.
+    failed_starts: int = 0
+    retry_at: float | None = None
+
+
+class WorkerStateKeeper:
+    """A backend's WorkerState, with what waits for it to take jobs: set(), .state, .accepting_jobs,
+    wait_until_accepting(). Jobs are taken exactly in state "ready"."""
+
+    def __init__(self) -> None:
+        self.state: WorkerState = "not started"
+        self._accepting = asyncio.Event()
+
+    @property
+    def accepting_jobs(self) -> bool:
+        return self._accepting.is_set()
+
+    def set(self, state: WorkerState) -> None:
+        self.state = state
+        if state == "ready":
+            self._accepting.set()
+        else:
+            self._accepting.clear()
+
+    async def wait_until_accepting(self) -> None:
+        await self._accepting.wait()
 
 
 # ---- messages only the client and the worker see ----------------------------------------------------------

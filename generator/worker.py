@@ -22,15 +22,14 @@ import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
 import torch
-from PIL import Image
 
-from generator.engine import DreamEngine, DreamJob
-from generator.images import png_bytes, timelapse_gif
+from generator.engine import DreamEngine, DreamJob, DreamOutcome, StepReport
+from generator.images import png_bytes
 from generator.models import (
     DreamModels,
     clip_dtype_for,
@@ -201,7 +200,6 @@ class HeldJob:
     request: JobRequest
     # Set when the job joins a batch (its latents, optimiser and prompt embeddings exist from then on).
     dream: DreamJob | None = None
-    frames: list[Image.Image] = field(default_factory=list)
     fewer_cutouts_tried: bool = False
 
     @property
@@ -307,7 +305,7 @@ class GenerationLoop:
             self.fail(job, f"This generator makes images of {', '.join(map(str, loaded))} pixels only, not {job.spec.size}.")
             return False
         try:
-            job.dream = self.engine.start(job.spec)
+            job.dream = self.engine.start(job.spec, keep_frames=job.request.timelapse)
         except Exception as error:
             self.fail(job, readable_reason(error), error)
             return False
@@ -396,38 +394,37 @@ class GenerationLoop:
     # ---- telling the client -------------------------------------------------------------------------------
 
     def report(self, jobs: Sequence[HeldJob], losses: Sequence[float]) -> None:
-        for job, loss in zip(list(jobs), losses, strict=True):
-            dream = job.dream
-            try:
-                snapshot = self.engine.render_average(dream) if dream.wants_snapshot() else None
-                if snapshot is not None and job.request.timelapse:
-                    job.frames.append(snapshot)
-                png = png_bytes(snapshot) if snapshot is not None else None
-                self.sender.send(JobProgress(job.job_id, dream.step, dream.spec.steps, loss, png))
-                if dream.finished:
-                    self.finish(job, snapshot)
-            except ClientGone:
-                raise
-            except Exception as error:
-                self.fail(job, readable_reason(error), error)
+        held = {job.dream: job for job in jobs}
+        self.engine.report(
+            list(held), losses,
+            on_step=lambda dream, report: self.tell(held[dream], report),
+            on_error=lambda dream, error: self.report_failed(held[dream], error),
+        )
 
-    def finish(self, job: HeldJob, last_snapshot: Image.Image | None) -> None:
-        dream = job.dream
-        # With snapshots on, the one taken after the last step already is the final picture.
-        final = last_snapshot if last_snapshot is not None else self.engine.render_average(dream)
-        gif = timelapse_gif(job.frames or [final]) if job.request.timelapse else None
+    def tell(self, job: HeldJob, report: StepReport) -> None:
+        png = png_bytes(report.snapshot) if report.snapshot is not None else None
+        self.sender.send(JobProgress(job.job_id, report.step, report.total, report.loss, png))
+        if report.outcome is not None:
+            self.finish(job, report.outcome)
+
+    def report_failed(self, job: HeldJob, error: Exception) -> None:
+        if isinstance(error, ClientGone):
+            raise error
+        self.fail(job, readable_reason(error), error)
+
+    def finish(self, job: HeldJob, outcome: DreamOutcome) -> None:
         result = JobResult(
             job_id=job.job_id,
-            png=png_bytes(final),
-            seed=dream.spec.seed,
-            steps=dream.step,
-            wall_seconds=time.perf_counter() - dream.started_at,
-            latents_npz=self.engine.average_latents_npz(dream),
-            timelapse_gif=gif,
+            png=png_bytes(outcome.image),
+            seed=job.spec.seed,
+            steps=outcome.steps,
+            wall_seconds=outcome.wall_seconds,
+            latents_npz=outcome.latents_npz,
+            timelapse_gif=outcome.timelapse_gif() if job.request.timelapse else None,
         )
         self.remove(job)
         self.sender.send(result)
-        log.info("job %s done: %d steps in %.1f s", job.job_id, dream.step, result.wall_seconds, extra={"job_id": job.job_id})
+        log.info("job %s done: %d steps in %.1f s", job.job_id, outcome.steps, result.wall_seconds, extra={"job_id": job.job_id})
 
     def fail(self, job: HeldJob, reason: str, error: BaseException | None = None) -> None:
         if error is not None:

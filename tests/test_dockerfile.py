@@ -147,6 +147,9 @@ def test_everything_the_package_is_built_from_is_copied_and_builds(tmp_path):
         names = set(archive.namelist())
         entry_points = next(archive.read(n).decode() for n in names if n.endswith("entry_points.txt"))
     assert {"bot/__main__.py", "generator/cli.py", "generator/doctor.py"} <= names
+    # Data files too: the database migrations (bot/<feature>/migrations/*.sql) come from package-data.
+    migrations = {path.relative_to(REPO_ROOT).as_posix() for path in REPO_ROOT.glob("bot/*/migrations/*.sql")}
+    assert migrations and migrations <= names, migrations - names
     assert "bigsleep-bot = bot.__main__:main" in entry_points and "bigsleep = generator.cli:main" in entry_points
 
 
@@ -169,7 +172,7 @@ def test_healthcheck_asks_the_bots_health_endpoint():
 
 
 @pytest.mark.parametrize("needle", [
-    "docker compose", "driver: nvidia", "capabilities: [gpu]", "DISCORD_TOKEN", "bigsleep download", "bigsleep doctor",
+    "docker compose", "driver: nvidia", "capabilities: [gpu]", "DISCORD_TOKEN", "bigsleep download", "bigsleep-bot doctor",
     "/data", "/weights",
 ])
 def test_readme_shows_the_compose_example_with_gpu_access(needle):

@@ -9,22 +9,51 @@ Markers (anywhere in the prompt; K is a number of steps already done):
     [oom-if-batched]         a step runs out of memory when this job shares it with other jobs
     [oom-above-cutouts=N]    a step runs out of memory while this job uses more than N cutouts
     [hang@K]                 at step K the step never ends (the process sleeps, heartbeats go on)
+
+Faults at start come from a plan file instead, named by $BIGSLEEP_TEST_START_FAULTS, for
+`engine_factory="worker_faults:engine_after_start_faults"`: each worker process takes the plan's first line
+and removes it: "raise" (the models fail to load: the worker reports WorkerStartFailed), "exit" (the process
+dies before it is ready); with no line left it starts normally. Every process, whatever it does, first appends
+its pid to the file named like the plan plus ".starts", so a test can count the processes.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
 from generator.engine import DreamEngine, DreamJob
 from generator.models import DreamModels
 
+START_FAULTS_VARIABLE = "BIGSLEEP_TEST_START_FAULTS"
+
 
 def fault_injecting_engine(models: DreamModels) -> DreamEngine:
     return FaultInjectingEngine(models)
+
+
+def engine_after_start_faults(models: DreamModels) -> DreamEngine:
+    plan = Path(os.environ[START_FAULTS_VARIABLE])
+    with open(f"{plan}.starts", "a") as starts:
+        starts.write(f"{os.getpid()}\n")
+    fault, *rest = plan.read_text().splitlines() or [""]
+    plan.write_text("".join(f"{line}\n" for line in rest))
+    if fault == "raise":
+        raise RuntimeError("simulated: the weights could not be read")
+    if fault == "exit":
+        os._exit(3)
+    return FaultInjectingEngine(models)
+
+
+def start_faults(plan: Path, faults: Sequence[str]) -> Path:
+    """Write a plan for engine_after_start_faults; returns the file the processes' pids will be appended to."""
+    plan.write_text("".join(f"{fault}\n" for fault in faults))
+    return Path(f"{plan}.starts")
 
 
 class FaultInjectingEngine(DreamEngine):

@@ -73,7 +73,7 @@ class ChallengesCog(commands.Cog, name=COG_NAME):
         self.bot = bot
         self.settings = bot.settings.challenges
         self.clock = clock
-        self.store = ChallengeStore(bot.store, clock=clock)
+        self.store = ChallengeStore(bot.database, clock=clock)
         self.scheduler = DeadlineScheduler(self.store, self.end_challenge, clock=clock, before_first_check=bot.wait_until_ready)
         # Servers with an open challenge: result_view is synchronous, so the "Submit to challenge" button is
         # decided from this set (kept in step with the store by start, end and cancel).

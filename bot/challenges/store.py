@@ -1,5 +1,4 @@
-"""Challenges, entries and votes in the bot's database (tables from `bot.jobs.store._SCHEMA_V4`), on the job store's
-shared connection and lock.
+"""Challenges, entries and votes in the bot's database (bot.database; tables from bot/challenges/migrations).
 
 Every rule that a race could break is checked inside one write transaction or by a constraint: a second open
 challenge in a server, a second vote of one member for one entry, a vote for one's own entry, an entry past the
@@ -16,7 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from bot.challenges.results import Standing
-from bot.jobs.store import JobStore
+from bot.database import Database
 
 ChallengeState = Literal["open", "closing", "ended", "cancelled"]
 
@@ -102,18 +101,18 @@ def _entry(row: Sequence[Any]) -> Entry:
 
 
 class ChallengeStore:
-    def __init__(self, jobs: JobStore, *, clock: Callable[[], float]) -> None:
-        self._jobs = jobs
+    def __init__(self, database: Database, *, clock: Callable[[], float]) -> None:
+        self._database = database
         self.clock = clock
 
     # -- reading --
 
     async def _challenges(self, where_and_order: str, params: Sequence[Any] = ()) -> list[Challenge]:
-        async with self._jobs.reading() as db, db.execute(f"{_SELECT_CHALLENGE} {where_and_order}", tuple(params)) as c:
+        async with self._database.reading() as db, db.execute(f"{_SELECT_CHALLENGE} {where_and_order}", tuple(params)) as c:
             return [_challenge(row) for row in await c.fetchall()]
 
     async def _entries(self, where_and_order: str, params: Sequence[Any] = ()) -> list[Entry]:
-        async with self._jobs.reading() as db, db.execute(f"{_SELECT_ENTRY} {where_and_order}", tuple(params)) as c:
+        async with self._database.reading() as db, db.execute(f"{_SELECT_ENTRY} {where_and_order}", tuple(params)) as c:
             return [_entry(row) for row in await c.fetchall()]
 
     async def get(self, challenge_id: int) -> Challenge | None:
@@ -145,7 +144,7 @@ class ChallengeStore:
     async def next_deadline(self, *, excluding: Collection[int] = ()) -> float | None:
         """The earliest deadline still to fire (a closing challenge's is in the past), leaving out some ids."""
         skipped = ", ".join(str(int(challenge_id)) for challenge_id in excluding)
-        async with self._jobs.reading() as db, db.execute(
+        async with self._database.reading() as db, db.execute(
             "SELECT MIN(deadline) FROM challenges WHERE state IN ('open', 'closing')"
             + (f" AND id NOT IN ({skipped})" if skipped else "")
         ) as cursor:
@@ -168,14 +167,14 @@ class ChallengeStore:
         return await self._entries("WHERE e.challenge_id = ? AND e.user_id = ? ORDER BY e.number", (challenge_id, user_id))
 
     async def has_voted(self, entry_id: int, voter_id: int) -> bool:
-        async with self._jobs.reading() as db, db.execute(
+        async with self._database.reading() as db, db.execute(
             "SELECT 1 FROM challenge_votes WHERE entry_id = ? AND voter_id = ?", (entry_id, voter_id)
         ) as cursor:
             return await cursor.fetchone() is not None
 
     async def leaderboard(self, guild_id: int, *, limit: int = 10) -> list[LeaderboardRow]:
         """Members of a server by first places in its ended challenges, then seconds, then thirds."""
-        async with self._jobs.reading() as db, db.execute(
+        async with self._database.reading() as db, db.execute(
             """SELECT e.user_id, MAX(e.user_name),
                       SUM(e.place = 1), SUM(e.place = 2), SUM(e.place = 3), COUNT(*)
                FROM challenge_entries e JOIN challenges c ON c.id = e.challenge_id
@@ -204,7 +203,7 @@ class ChallengeStore:
         upload_limit: int | None = None,
     ) -> Challenge:
         try:
-            async with self._jobs.transaction() as db:
+            async with self._database.transaction() as db:
                 cursor = await db.execute(
                     """INSERT INTO challenges (guild_id, channel_id, theme, created_by, created_at, deadline,
                            max_entries_per_member, counts_hidden, upload_limit)
@@ -225,16 +224,16 @@ class ChallengeStore:
 
     async def discard(self, challenge_id: int) -> None:
         """Forget a challenge that never got announced (its channel refused the announcement)."""
-        async with self._jobs.transaction() as db:
+        async with self._database.transaction() as db:
             await db.execute("DELETE FROM challenges WHERE id = ? AND announcement_message_id IS NULL", (challenge_id,))
 
     async def set_announcement(self, challenge_id: int, message_id: int) -> None:
-        async with self._jobs.transaction() as db:
+        async with self._database.transaction() as db:
             await db.execute("UPDATE challenges SET announcement_message_id = ? WHERE id = ?", (message_id, challenge_id))
 
     async def end_now(self, challenge_id: int) -> Challenge:
         """Bring an open challenge's deadline forward to now (the scheduler then ends it)."""
-        async with self._jobs.transaction() as db:
+        async with self._database.transaction() as db:
             cursor = await db.execute(
                 "UPDATE challenges SET deadline = MIN(deadline, ?) WHERE id = ? AND state = 'open'",
                 (self.clock(), challenge_id),
@@ -244,7 +243,7 @@ class ChallengeStore:
         return await self._require(challenge_id)
 
     async def cancel(self, challenge_id: int) -> Challenge:
-        async with self._jobs.transaction() as db:
+        async with self._database.transaction() as db:
             cursor = await db.execute(
                 "UPDATE challenges SET state = 'cancelled', ended_at = ? WHERE id = ? AND state = 'open'",
                 (self.clock(), challenge_id),
@@ -255,12 +254,12 @@ class ChallengeStore:
 
     async def begin_closing(self, challenge_id: int) -> Challenge:
         """Voting and entries stop for good (open -> closing; a closing one stays closing)."""
-        async with self._jobs.transaction() as db:
+        async with self._database.transaction() as db:
             await db.execute("UPDATE challenges SET state = 'closing' WHERE id = ? AND state = 'open'", (challenge_id,))
         return await self._require(challenge_id)
 
     async def record_places(self, standings: Sequence[Standing]) -> None:
-        async with self._jobs.transaction() as db:
+        async with self._database.transaction() as db:
             for standing in standings:
                 entry: Entry = standing.entry  # type: ignore[assignment]
                 await db.execute(
@@ -269,11 +268,11 @@ class ChallengeStore:
                 )
 
     async def set_results_message(self, challenge_id: int, message_id: int) -> None:
-        async with self._jobs.transaction() as db:
+        async with self._database.transaction() as db:
             await db.execute("UPDATE challenges SET results_message_id = ? WHERE id = ?", (message_id, challenge_id))
 
     async def mark_ended(self, challenge_id: int, results_message_id: int | None) -> Challenge:
-        async with self._jobs.transaction() as db:
+        async with self._database.transaction() as db:
             await db.execute(
                 "UPDATE challenges SET state = 'ended', ended_at = ?, results_message_id = ? "
                 "WHERE id = ? AND state = 'closing'",
@@ -293,7 +292,7 @@ class ChallengeStore:
         self, challenge_id: int, *, user_id: int, user_name: str, job_id: str, prompt: str, image_path: str
     ) -> Entry:
         now = self.clock()
-        async with self._jobs.transaction() as db:
+        async with self._database.transaction() as db:
             async with db.execute(f"{_SELECT_CHALLENGE} WHERE id = ?", (challenge_id,)) as cursor:
                 row = await cursor.fetchone()
             challenge = _challenge(row) if row else None
@@ -329,7 +328,7 @@ class ChallengeStore:
         return entry
 
     async def set_entry_message(self, entry_id: int, message_id: int | None) -> None:
-        async with self._jobs.transaction() as db:
+        async with self._database.transaction() as db:
             await db.execute("UPDATE challenge_entries SET message_id = ? WHERE id = ?", (message_id, entry_id))
 
     async def remove_entry(self, entry_id: int, *, only_while_open: bool = True) -> Entry:
@@ -338,7 +337,7 @@ class ChallengeStore:
         if entry is None:
             raise ChallengeRefused("That entry was already withdrawn.")
         now = self.clock()
-        async with self._jobs.transaction() as db:
+        async with self._database.transaction() as db:
             if only_while_open:
                 async with db.execute(f"{_SELECT_CHALLENGE} WHERE id = ?", (entry.challenge_id,)) as cursor:
                     row = await cursor.fetchone()
@@ -355,7 +354,7 @@ class ChallengeStore:
         """One vote of `voter_id` for the entry; refused for one's own entry, a second time, or after the deadline."""
         now = self.clock()
         try:
-            async with self._jobs.transaction() as db:
+            async with self._database.transaction() as db:
                 entry = await self._open_entry(db, entry_id, now)
                 if entry.user_id == voter_id:
                     raise ChallengeRefused("You can't vote for your own entry.")
@@ -373,7 +372,7 @@ class ChallengeStore:
 
     async def unvote(self, entry_id: int, voter_id: int) -> Entry:
         now = self.clock()
-        async with self._jobs.transaction() as db:
+        async with self._database.transaction() as db:
             entry = await self._open_entry(db, entry_id, now)
             cursor = await db.execute(
                 "DELETE FROM challenge_votes WHERE entry_id = ? AND voter_id = ?", (entry_id, voter_id)

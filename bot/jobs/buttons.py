@@ -130,7 +130,8 @@ async def _reroll(bot: BigSleepBot, interaction: discord.Interaction, job: Job) 
         # A reroll of a variation is a fresh dream of the same prompt, at the full length of the original.
         parent = await bot.store.get(job.parent_job_id)
         steps = parent.steps if parent is not None else steps
-    spec = job.settings_spec().with_changes(seed=_new_seed(), steps=steps)
+    # No starting latents, so no noise over them either.
+    spec = job.spec.with_changes(seed=_new_seed(), steps=steps, init_noise=0.0)
     await queue_from_interaction(interaction, spec, kind="reroll", parent_job_id=job.id)
 
 
@@ -139,7 +140,7 @@ async def _vary(bot: BigSleepBot, interaction: discord.Interaction, job: Job) ->
         await reply_privately(interaction, f"Job `{job.id}` has no finished image to vary any more.")
         return
     settings = bot.settings.variations
-    spec = job.settings_spec().with_changes(
+    spec = job.spec.with_changes(
         seed=_new_seed(),
         steps=max(1, round(job.steps * settings.steps_fraction)),
         init_noise=settings.noise,

@@ -1,8 +1,15 @@
 """Feeds the generation worker from the fair queue and turns its events into store updates and messages.
 
 The store is the source of truth; the FairQueue is an index over its 'queued' rows. Up to `max_in_flight` jobs
-(the worker's batch size) are handed to the worker at once, so it can batch them. Every job the worker gives
-back unfinished (it stopped, or the bot is shutting down) goes back to the front of the queue.
+(the worker's batch size) are handed to the worker at once, so it can batch them, and only while the backend's
+health says it accepts jobs: the dispatcher starts the backend once and from then on only reads its health
+(the backend restarts its own workers and never gives up; see generator.client).
+
+Every job the backend gives back unfinished goes back to the front of the queue. One that never reached a
+worker, or that a clean stop handed back, costs no attempt. One whose worker died while running it counts that
+run as an attempt (JobStore.mark_running counted it; `requeue(counts_as_attempt=False)` takes it back in the
+other cases) and runs again alone: no two such jobs are in flight together, so a job that kills every worker
+fails by itself after `max_attempts` runs while the jobs that shared its worker finish.
 
 No discord imports here: progress reaches Discord through the `ProgressSink` the bot passes in, so the
 dispatcher can be driven by tests and benchmarks without a Discord connection.
@@ -32,25 +39,40 @@ from generator.protocol import (
     JobInterrupted,
     JobProgress,
     JobRequest,
-    JobRestarted,
     JobResult,
 )
+from generator.wire import WorkerHealth
 
 log = logging.getLogger(__name__)
 
-BACKEND_RETRY_SECONDS = (5.0, 15.0, 60.0, 300.0)
+CRASHED_REPEATEDLY = (
+    "The image generator stopped {attempts} times while making this image, so it was given up. "
+    "Other settings (fewer steps, cutouts or a smaller size) may work."
+)
 
 
 class GenerationBackend(Protocol):
     """What the dispatcher needs from `generator.client.GenerationClient` (or a simulated stand-in)."""
 
-    async def start(self) -> None: ...
-
-    def submit(self, request: JobRequest) -> AsyncIterator[JobEvent]:
-        """Events for one job, ending after a final one (JobResult/JobFailed/JobCancelled/JobInterrupted)."""
+    async def start(self) -> None:
+        """Start the worker. May raise if the first start fails; the backend then keeps trying by itself, so
+        nobody starts or replaces it again (health() says how it goes)."""
         ...
 
-    async def cancel(self, job_id: str) -> None: ...
+    def health(self) -> WorkerHealth:
+        """A snapshot: whether it accepts jobs now, its restarts, why it is down. Cheap, never waits."""
+        ...
+
+    async def wait_until_accepting(self) -> None:
+        """Return once health().accepting_jobs holds (at once if it does now)."""
+        ...
+
+    def submit(self, request: JobRequest) -> AsyncIterator[JobEvent]:
+        """Events for one job, ending after a final one (JobResult/JobFailed/JobCancelled/JobInterrupted).
+        A job it cannot hand to a worker now ends at once with JobInterrupted."""
+        ...
+
+    async def cancel(self, job_id: str) -> object: ...
 
     async def stop(self, timeout: float) -> None:
         """Stop the worker; jobs still running end with JobInterrupted."""
@@ -149,6 +171,8 @@ class _InFlight:
     cancel_requested: bool = False
     step: int = 0
     total: int = 0
+    # Its last run ended with its worker's death: no other such job may be in flight with it.
+    suspect: bool = False
 
 
 class Dispatcher:
@@ -159,7 +183,6 @@ class Dispatcher:
         queue: FairQueue,
         backend: GenerationBackend,
         files: ResultFiles,
-        backend_factory: Callable[[], GenerationBackend] | None = None,
         progress: ProgressSink | None = None,
         settings: DispatchSettings | None = None,
         recent_durations: list[float] | None = None,
@@ -168,24 +191,20 @@ class Dispatcher:
         self.store = store
         self.queue = queue
         self.backend = backend
-        # Makes a fresh backend when the current one cannot be (re)started; the real client starts only once.
-        self._backend_factory = backend_factory
         self.files = files
         self.progress: ProgressSink = progress or SilentProgress()
         self.settings = settings or DispatchSettings()
         self.metrics: JobMetrics = metrics or NoMetrics()
-        # Restarts counted by backends that were since replaced, plus the replacements themselves.
-        self._retired_restarts = 0
         self._in_flight: dict[str, _InFlight] = {}
         # Per-server say over who may start (bot.moderation: a server's running cap); None lets everyone.
         self.lane_gate: Callable[[int, int], bool] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
         self._stop_requested = asyncio.Event()
-        self._backend_ready = False
         self._main_task: asyncio.Task[None] | None = None
-        self._replacing: asyncio.Task[None] | None = None
         self._handed_back: list[JobRef] = []
+        # Queued jobs whose last run ended with their worker's death (see the module docstring).
+        self._suspects: set[str] = set()
         self._user_lock = KeyedLocks()
         # Newest first, like JobStore.recent_durations.
         self._durations: deque[float] = deque(recent_durations or (), maxlen=self.settings.eta_history)
@@ -202,8 +221,6 @@ class Dispatcher:
         self._stopping = True
         self._stop_requested.set()
         self._wake.set()
-        if self._replacing is not None:
-            await asyncio.gather(self._replacing, return_exceptions=True)
         if self._main_task is not None:
             # Also stops a worker that is still loading its models.
             try:
@@ -230,110 +247,61 @@ class Dispatcher:
 
     @property
     def backend_ready(self) -> bool:
-        return self._backend_ready
+        """The worker takes jobs now."""
+        return self.worker_health().accepting_jobs
 
-    def backend_health(self) -> object | None:
-        """The backend's own health snapshot (generator.client.WorkerHealth for the real worker), if it has one."""
-        health = getattr(self.backend, "health", None)
-        if health is None:
-            return None
-        try:
-            return health()
-        except Exception:
-            log.exception("the generation worker's health could not be read")
-            return None
-
-    def worker_alive(self) -> bool:
-        """The worker started and is running now (not between a death and its replacement)."""
-        if not self._backend_ready:
-            return False
-        health = self.backend_health()
-        if health is None:
-            return True
-        alive = getattr(health, "alive", None)
-        if alive is None:  # the simulated worker says 'started'
-            alive = getattr(health, "started", True)
-        return bool(alive)
-
-    @property
-    def worker_restarts(self) -> int:
-        """Worker processes started to replace one that died, hung or could not start, since the bot started."""
-        return self._retired_restarts + self._restarts_of(self.backend)
-
-    @staticmethod
-    def _restarts_of(backend: GenerationBackend) -> int:
-        health = getattr(backend, "health", None)
-        try:
-            return int(getattr(health(), "restarts", 0)) if health is not None else 0
-        except Exception:
-            return 0
-
-    def _replace_backend(self) -> None:
-        if self._backend_factory is not None:
-            self._retired_restarts += self._restarts_of(self.backend) + 1
-            self.backend = self._backend_factory()
+    def worker_health(self) -> WorkerHealth:
+        """The backend's own account of its worker: what /healthz and /metrics show."""
+        return self.backend.health()
 
     async def _main(self) -> None:
+        try:
+            await self.backend.start()
+        except Exception as error:
+            if self._stopping:
+                return
+            # The backend says why in its own log and in its health, and keeps trying by itself.
+            log.warning("the generation worker did not start (%s); jobs wait in the queue until it does", error)
+        else:
+            log.info("generation worker ready")
         while not self._stopping:
-            if not self._backend_ready:
-                await self._start_backend()
+            if not self.worker_health().accepting_jobs:
+                await self._until_accepting_or_stopped()
                 continue
             self._dispatch_ready_jobs()
             await self._wake.wait()
             self._wake.clear()
 
-    async def _start_backend(self) -> None:
-        """Start the worker, retrying with growing pauses; jobs stay queued meanwhile, none is failed."""
-        attempt = 0
-        while not self._stopping:
-            try:
-                await self.backend.start()
-            except Exception:
-                if self._stopping:
-                    return
-                delay = BACKEND_RETRY_SECONDS[min(attempt, len(BACKEND_RETRY_SECONDS) - 1)]
-                log.exception("the generation worker failed to start; trying again in %.0f s", delay)
-                attempt += 1
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop_requested.wait(), delay)
-                self._replace_backend()
-                continue
-            self._backend_ready = True
-            log.info("generation worker ready")
-            return
-
-    def _backend_gave_up(self) -> bool:
-        """True when the worker client stopped trying (its health says 'failed'): its JobFailed events then
-        say nothing about the job, so the job is queued again instead of being failed."""
-        health = getattr(self.backend, "health", None)
-        if health is None:
-            return False
+    async def _until_accepting_or_stopped(self) -> None:
+        waits = [asyncio.ensure_future(self.backend.wait_until_accepting()), asyncio.ensure_future(self._stop_requested.wait())]
         try:
-            return getattr(health(), "state", None) == "failed"
-        except Exception:
-            return False
-
-    def _restart_backend_later(self) -> None:
-        if not self._backend_ready or self._stopping:
-            return
-        self._backend_ready = False
-        old = self.backend
-        log.error("the generation worker gave up; jobs stay queued until a new one starts")
-
-        async def replace() -> None:
-            with contextlib.suppress(Exception):
-                await old.stop(self.settings.stop_timeout)
-            self._replace_backend()
-            self._wake.set()
-
-        self._replacing = asyncio.create_task(replace(), name="bigsleep-backend-restart")
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     def _dispatch_ready_jobs(self) -> None:
+        # Lanes whose next job is a suspect while another suspect runs: they wait, and keep their turn.
+        held_back: set[tuple[int, int]] = set()
+
+        def lane_may_start(guild_id: int, user_id: int) -> bool:
+            if (guild_id, user_id) in held_back:
+                return False
+            return self.lane_gate is None or self.lane_gate(guild_id, user_id)
+
+        suspect_running = any(flight.suspect for flight in self._in_flight.values())
         while not self._stopping and len(self._in_flight) < self.settings.max_in_flight:
-            ref = self.queue.pop_next(lambda user: self.queue.can_start(user, self.settings.caps), self.lane_gate)
+            ref = self.queue.pop_next(lambda user: self.queue.can_start(user, self.settings.caps), lane_may_start)
             if ref is None:
-                return
-            flight = _InFlight(ref=ref)
+                break
+            suspect = ref.job_id in self._suspects
+            if suspect and suspect_running:
+                held_back.add((ref.guild_id, ref.user_id))
+                self.queue.requeue(ref)
+                continue
+            self._suspects.discard(ref.job_id)
+            suspect_running = suspect_running or suspect
+            flight = _InFlight(ref=ref, suspect=suspect)
             self._in_flight[ref.job_id] = flight
             flight.task = asyncio.create_task(self._run_job(flight), name=f"bigsleep-job-{ref.job_id}")
 
@@ -400,6 +368,7 @@ class Dispatcher:
         """Cancel a queued or running job; raise NotCancellable if it already finished, JobNotFound if unknown."""
         job = await self.store.require(job_id)
         if self.queue.remove(job.id) is not None:
+            self._suspects.discard(job.id)
             job = await self._mark_cancelled(job.id)
             self._ended(job)
             self.progress.cancelled(job)
@@ -411,11 +380,10 @@ class Dispatcher:
             self._ended(job)
             self.progress.cancelled(job)
             # Its worker slot stays taken until the worker confirms; the final event frees it.
-            if self._backend_ready:
-                try:
-                    await self.backend.cancel(job.id)
-                except Exception:
-                    log.exception("could not ask the worker to cancel job %s", job.id, extra={"job_id": job.id})
+            try:
+                await self.backend.cancel(job.id)
+            except Exception:
+                log.exception("could not ask the worker to cancel job %s", job.id, extra={"job_id": job.id})
             return job
         raise NotCancellable(f"Job `{job.id}` is already {job.state}.")
 
@@ -453,7 +421,7 @@ class Dispatcher:
             raise
         except Exception:
             log.exception("job %s: unexpected error while running it", job_id)
-            await self._give_back_or_fail(job_id, "The generator stopped unexpectedly.")
+            await self._give_back_or_fail(job_id)
         finally:
             self._in_flight.pop(job_id, None)
             self.queue.finish(job_id)
@@ -466,18 +434,12 @@ class Dispatcher:
         snapshot_every = 0
         if self.settings.snapshots_per_job > 0:
             snapshot_every = max(1, math.ceil(job.steps / self.settings.snapshots_per_job))
-        spec = job.spec(init_latents=init_latents, snapshot_every=snapshot_every)
+        spec = job.worker_spec(init_latents=init_latents, snapshot_every=snapshot_every)
         return JobRequest(job_id=job.id, spec=spec, timelapse=self.settings.timelapse)
 
     async def _follow(self, job: Job, flight: _InFlight, request: JobRequest) -> None:
         async for event in self.backend.submit(request):
-            if isinstance(event, JobRestarted):
-                # The worker process died and the job starts over from step 0 in a new one.
-                log.warning("job %s restarted in a new generation process: %s", job.id, event.reason)
-                flight.step = 0
-                if not flight.cancel_requested:
-                    self.progress.running(job, 0, job.steps, None)
-            elif isinstance(event, JobProgress):
+            if isinstance(event, JobProgress):
                 self.metrics.steps_done(event.step - flight.step)
                 flight.step, flight.total = event.step, event.total
                 if not flight.cancel_requested:
@@ -487,12 +449,7 @@ class Dispatcher:
                 await self._finish_done(job, flight, event)
                 return
             elif isinstance(event, JobFailed):
-                if flight.cancel_requested:
-                    return
-                if self._backend_gave_up():
-                    await self._give_back(job.id)
-                    self._restart_backend_later()
-                else:
+                if not flight.cancel_requested:
                     await self._fail(job, event.reason)
                 return
             elif isinstance(event, JobCancelled):
@@ -504,12 +461,17 @@ class Dispatcher:
                         self.progress.cancelled(cancelled)
                 return
             elif isinstance(event, JobInterrupted):
-                if not flight.cancel_requested:
-                    await self._give_back_or_fail(job.id, "The generator kept stopping while running this job.")
+                if flight.cancel_requested:
+                    return
+                if event.worker_death is None:
+                    await self._give_back_or_fail(job.id, counts_as_attempt=False)
+                else:
+                    log.warning("job %s: its generation process died (%s)", job.id, event.worker_death)
+                    await self._give_back_or_fail(job.id)
                 return
         # The stream ended without a final event: the worker went away.
         if not flight.cancel_requested:
-            await self._give_back_or_fail(job.id, "The generator stopped unexpectedly.")
+            await self._give_back_or_fail(job.id)
 
     async def _finish_done(self, job: Job, flight: _InFlight, result: JobResult) -> None:
         if flight.cancel_requested:
@@ -548,8 +510,9 @@ class Dispatcher:
                    "ran_seconds": _seconds_between(job.started_at, job.finished_at), **details},
         )
 
-    async def _give_back_or_fail(self, job_id: str, reason: str) -> None:
-        """The worker stopped before finishing: queue the job again at the front, unless it keeps crashing."""
+    async def _give_back_or_fail(self, job_id: str, *, counts_as_attempt: bool = True) -> None:
+        """The job stopped before finishing: queue it again at the front. A run that counts (its worker died, or
+        its events broke off) makes it a suspect (see the module docstring); its last allowed one fails it."""
         try:
             job = await self.store.require(job_id)
         except JobNotFound:
@@ -560,12 +523,14 @@ class Dispatcher:
             # Queued again all together once every job is back, so they keep their order (see stop()).
             self._handed_back.append(JobRef.of(job))
             return
-        if job.attempts >= self.settings.max_attempts:
-            await self._fail(job, reason)
-            return
-        await self._give_back(job_id)
+        if counts_as_attempt:
+            if job.attempts >= self.settings.max_attempts:
+                await self._fail(job, CRASHED_REPEATEDLY.format(attempts=job.attempts))
+                return
+            self._suspects.add(job_id)
+        await self._give_back(job_id, counts_as_attempt=counts_as_attempt)
 
-    async def _give_back(self, job_id: str, *, counts_as_attempt: bool = True) -> None:
+    async def _give_back(self, job_id: str, *, counts_as_attempt: bool) -> None:
         try:
             requeued = await self.store.requeue(job_id, counts_as_attempt=counts_as_attempt)
         except (IllegalTransition, JobNotFound):

@@ -1,8 +1,9 @@
 """A stand-in for the generation worker that takes a fixed time per job, for benchmarks and bot tests.
 
-It speaks the same interface as `generator.client.GenerationClient` (start / submit / cancel / stop / health)
-in-process, with no models: `benchmarks/bot_load.py` measures the bot with it, not the GPU. Results are small
-solid-colour PNGs whose colour is derived from the job's prompt and seed, so a test can tell results apart.
+It speaks the same interface as `generator.client.GenerationClient` (`bot.jobs.dispatcher.GenerationBackend`:
+start / health / wait_until_accepting / submit / cancel / stop) in-process, with no models: `benchmarks/bot_load.py`
+measures the bot with it, not the GPU. Results are small solid-colour PNGs whose colour is derived from the job's
+prompt and seed, so a test can tell results apart.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from generator.protocol import (
     JobRequest,
     JobResult,
 )
+from generator.wire import WorkerHealth, WorkerStateKeeper
 
 
 def solid_png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
@@ -50,23 +52,23 @@ def fake_latents_npz(seed: int) -> bytes:
 
 
 @dataclass
-class SimulatedHealth:
-    started: bool
-    running: int
-    completed: int
-
-
-@dataclass
 class _Control:
-    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set when the job is cancelled or its simulated worker dies.
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    cancelled: bool = False
+    worker_death: str | None = None
 
 
 class SimulatedGenerationClient:
     """Every job takes `seconds_per_job`, sends `progress_events` progress events (the last `snapshots` of them
-    with a PNG) and then a result. Prompts containing `fail_word` fail instead.
+    with a PNG) and then a result. Prompts containing `fail_word` fail instead; a prompt containing `crash_word`
+    kills the worker after its first progress event: every job in flight ends with JobInterrupted naming the
+    death, and a replacement is ready at once (one more restart).
 
     `hold()` makes new and running jobs wait (before their last event) until `release()`: tests use it to
-    catch a job mid-run.
+    catch a job mid-run. `take_down(reason)` makes the worker refuse new jobs (health says why; jobs already
+    running go on) until `bring_up()`, which counts as a replacement worker. With `loaded` given, start()
+    returns (and the worker takes jobs) only once it is set.
     """
 
     def __init__(
@@ -77,16 +79,22 @@ class SimulatedGenerationClient:
         snapshots: bool = True,
         image_size: int | None = 16,
         fail_word: str = "__fail__",
+        crash_word: str = "__crash__",
+        loaded: asyncio.Event | None = None,
     ) -> None:
         self.seconds_per_job = seconds_per_job
         self.progress_events = progress_events
         self.snapshots = snapshots
         self.image_size = image_size
         self.fail_word = fail_word
+        self.crash_word = crash_word
         self.requests: list[JobRequest] = []
         self.completed = 0
+        self.restarts = 0
+        self._loaded = loaded
         self._running: dict[str, _Control] = {}
-        self._started = False
+        self._state = WorkerStateKeeper()
+        self._failure: str | None = None
         self._stopping = asyncio.Event()
         self._released = asyncio.Event()
         self._released.set()
@@ -94,11 +102,36 @@ class SimulatedGenerationClient:
         self._hold_changed = asyncio.Event()
 
     async def start(self) -> None:
-        self._started = True
+        self._state.set("starting")
+        if self._loaded is not None:
+            await self._loaded.wait()
         self._stopping.clear()
+        self._state.set("ready")
 
-    def health(self) -> SimulatedHealth:
-        return SimulatedHealth(self._started and not self._stopping.is_set(), len(self._running), self.completed)
+    def health(self) -> WorkerHealth:
+        return WorkerHealth(
+            state=self._state.state,
+            accepting_jobs=self._state.accepting_jobs,
+            alive=self._state.accepting_jobs,
+            restarts=self.restarts,
+            in_flight_jobs=tuple(self._running),
+            models_kind="simulated",
+            device="simulated",
+            sizes=(self.image_size,) if self.image_size else (),
+            failure=self._failure,
+        )
+
+    async def wait_until_accepting(self) -> None:
+        await self._state.wait_until_accepting()
+
+    def take_down(self, reason: str) -> None:
+        self._failure = reason
+        self._state.set("restarting")
+
+    def bring_up(self) -> None:
+        self.restarts += 1
+        self._failure = None
+        self._state.set("ready")
 
     def hold(self) -> None:
         self._released.clear()
@@ -121,16 +154,23 @@ class SimulatedGenerationClient:
     async def cancel(self, job_id: str) -> None:
         control = self._running.get(job_id)
         if control is not None:
-            control.cancelled.set()
+            control.cancelled = True
+            control.changed.set()
 
     async def stop(self, timeout: float = 10.0) -> None:
         self._stopping.set()
-        self._started = False
+        self._state.set("stopped")
+
+    def _crash(self, reason: str) -> None:
+        for control in self._running.values():
+            control.worker_death = reason
+            control.changed.set()
+        self.restarts += 1
 
     async def submit(self, request: JobRequest) -> AsyncIterator[JobEvent]:
         self.requests.append(request)
         job_id = request.job_id
-        if not self._started:
+        if not self._state.accepting_jobs:
             yield JobInterrupted(job_id)
             return
         control = self._running[job_id] = _Control()
@@ -140,28 +180,30 @@ class SimulatedGenerationClient:
             events = max(1, self.progress_events)
             pause = self.seconds_per_job / (events + 1)
             for index in range(1, events + 1):
-                outcome = await self._pause(pause, control)
+                outcome = await self._pause(pause, job_id, control)
                 if outcome is not None:
-                    yield outcome(job_id)
+                    yield outcome
                     return
                 snapshot = None
                 if self.snapshots and self.image_size:
                     snapshot = solid_png(self.image_size, self.image_size, (index * 40 % 256, 0, 0))
                 yield JobProgress(job_id, step=steps * index // (events + 1), total=steps, loss=1.0 / index,
                                   snapshot_png=snapshot)
+                if self.crash_word and self.crash_word in request.spec.prompt:
+                    self._crash(f"simulated crash while making job {job_id}")
             if not self._released.is_set():
                 self.holding_jobs += 1
                 self._hold_changed.set()
                 try:
-                    outcome = await self._wait_released(control)
+                    outcome = await self._wait_released(job_id, control)
                 finally:
                     self.holding_jobs -= 1
                 if outcome is not None:
-                    yield outcome(job_id)
+                    yield outcome
                     return
-            outcome = await self._pause(pause, control)
+            outcome = await self._pause(pause, job_id, control)
             if outcome is not None:
-                yield outcome(job_id)
+                yield outcome
                 return
             if self.fail_word and self.fail_word in request.spec.prompt:
                 yield JobFailed(job_id, "The simulated worker was asked to fail.")
@@ -180,26 +222,29 @@ class SimulatedGenerationClient:
         finally:
             self._running.pop(job_id, None)
 
-    async def _pause(self, seconds: float, control: _Control) -> type[JobCancelled | JobInterrupted] | None:
-        if self._stopping.is_set():
-            return JobInterrupted
-        if control.cancelled.is_set():
-            return JobCancelled
-        waiters = [asyncio.ensure_future(self._stopping.wait()), asyncio.ensure_future(control.cancelled.wait())]
+    async def _pause(self, seconds: float, job_id: str, control: _Control) -> JobEvent | None:
+        if (outcome := self._outcome(job_id, control)) is not None:
+            return outcome
+        waiters = [asyncio.ensure_future(self._stopping.wait()), asyncio.ensure_future(control.changed.wait())]
         try:
             await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiter in waiters:
                 waiter.cancel()
+        return self._outcome(job_id, control)
+
+    def _outcome(self, job_id: str, control: _Control) -> JobEvent | None:
+        if control.worker_death is not None:
+            return JobInterrupted(job_id, control.worker_death)
         if self._stopping.is_set():
-            return JobInterrupted
-        if control.cancelled.is_set():
-            return JobCancelled
+            return JobInterrupted(job_id)
+        if control.cancelled:
+            return JobCancelled(job_id)
         return None
 
-    async def _wait_released(self, control: _Control) -> type[JobCancelled | JobInterrupted] | None:
+    async def _wait_released(self, job_id: str, control: _Control) -> JobEvent | None:
         while not self._released.is_set():
-            outcome = await self._pause(0.05, control)
+            outcome = await self._pause(0.05, job_id, control)
             if outcome is not None:
                 return outcome
         return None

@@ -532,7 +532,7 @@ class ModerationCog(commands.Cog):
         self.bot = bot
         limits = bot.settings.limits
         self.service = ModerationService(
-            ModerationStore(bot.store),
+            ModerationStore(bot.database),
             base_limits=ServerLimits(
                 max_steps=limits.max_steps,
                 max_size=limits.max_size,

@@ -1,5 +1,5 @@
-"""Moderation data in the bot's database (tables from `bot.jobs.store._SCHEMA_V3`), on the job store's shared
-connection and lock. This module must stay free of torch and discord imports."""
+"""Moderation data in the bot's database (bot.database; tables from bot/moderation/migrations). This module must
+stay free of torch and discord imports."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from bot.jobs.store import JobStore
+from bot.database import Database
 from bot.moderation.quotas import (
     LIMIT_NAMES,
     MemberLimits,
@@ -101,20 +101,20 @@ def _dump(value: Any) -> str | None:
 
 
 class ModerationStore:
-    def __init__(self, jobs: JobStore, *, clock: Callable[[], float] = time.time) -> None:
-        self._jobs = jobs
+    def __init__(self, database: Database, *, clock: Callable[[], float] = time.time) -> None:
+        self._database = database
         self.clock = clock
 
     # -- settings --
 
     async def all_settings(self) -> list[GuildSettings]:
-        async with self._jobs.reading() as db:
+        async with self._database.reading() as db:
             async with db.execute(f"SELECT {', '.join(_SETTING_COLUMNS)} FROM guild_settings") as cursor:
                 rows = await cursor.fetchall()
         return [_settings_from_row(row) for row in rows]
 
     async def settings(self, guild_id: int) -> GuildSettings:
-        async with self._jobs.reading() as db:
+        async with self._database.reading() as db:
             async with db.execute(
                 f"SELECT {', '.join(_SETTING_COLUMNS)} FROM guild_settings WHERE guild_id = ?", (guild_id,)
             ) as cursor:
@@ -126,7 +126,7 @@ class ModerationStore:
         unknown = set(changes) - set(_SETTING_COLUMNS[1:])
         if unknown:
             raise ValueError(f"unknown settings {sorted(unknown)}")
-        async with self._jobs.transaction() as db:
+        async with self._database.transaction() as db:
             async with db.execute(
                 f"SELECT {', '.join(_SETTING_COLUMNS)} FROM guild_settings WHERE guild_id = ?", (guild_id,)
             ) as cursor:
@@ -149,14 +149,14 @@ class ModerationStore:
         if guild_id is not None:
             query += " WHERE guild_id = ?"
             params = (guild_id,)
-        async with self._jobs.reading() as db:
+        async with self._database.reading() as db:
             async with db.execute(query + " ORDER BY target_kind, target_id", params) as cursor:
                 rows = await cursor.fetchall()
         return [(g, Override(kind, target, bool(exempt), json.loads(limits))) for g, kind, target, exempt, limits in rows]
 
     async def set_override(self, guild_id: int, override: Override | None, *, kind: str, target_id: int) -> Override | None:
         """Replace (or with None remove) the override for one member or role; returns the previous one."""
-        async with self._jobs.transaction() as db:
+        async with self._database.transaction() as db:
             async with db.execute(
                 "SELECT exempt, limits_json FROM quota_overrides WHERE guild_id = ? AND target_kind = ? AND target_id = ?",
                 (guild_id, kind, target_id),
@@ -179,7 +179,7 @@ class ModerationStore:
     # -- channels, words, blocks --
 
     async def allowed_channels(self) -> dict[int, set[int]]:
-        async with self._jobs.reading() as db:
+        async with self._database.reading() as db:
             async with db.execute("SELECT guild_id, channel_id FROM allowed_channels") as cursor:
                 rows = await cursor.fetchall()
         allowed: dict[int, set[int]] = {}
@@ -189,7 +189,7 @@ class ModerationStore:
 
     async def set_channel_allowed(self, guild_id: int, channel_id: int, allowed: bool) -> bool:
         """True when this changed anything."""
-        async with self._jobs.transaction() as db:
+        async with self._database.transaction() as db:
             if allowed:
                 cursor = await db.execute(
                     "INSERT OR IGNORE INTO allowed_channels (guild_id, channel_id) VALUES (?, ?)", (guild_id, channel_id)
@@ -201,12 +201,12 @@ class ModerationStore:
             return cursor.rowcount > 0
 
     async def clear_allowed_channels(self, guild_id: int) -> int:
-        async with self._jobs.transaction() as db:
+        async with self._database.transaction() as db:
             cursor = await db.execute("DELETE FROM allowed_channels WHERE guild_id = ?", (guild_id,))
             return cursor.rowcount
 
     async def banned_words(self) -> dict[int, list[str]]:
-        async with self._jobs.reading() as db:
+        async with self._database.reading() as db:
             async with db.execute("SELECT guild_id, word FROM banned_words ORDER BY guild_id, word") as cursor:
                 rows = await cursor.fetchall()
         words: dict[int, list[str]] = {}
@@ -217,7 +217,7 @@ class ModerationStore:
     async def change_banned_words(self, guild_id: int, *, add: Iterable[str] = (), remove: Iterable[str] = ()) -> list[str]:
         """Returns the words that actually changed."""
         changed = []
-        async with self._jobs.transaction() as db:
+        async with self._database.transaction() as db:
             for word in add:
                 cursor = await db.execute("INSERT OR IGNORE INTO banned_words (guild_id, word) VALUES (?, ?)", (guild_id, word))
                 if cursor.rowcount:
@@ -229,7 +229,7 @@ class ModerationStore:
         return changed
 
     async def blocked_members(self) -> list[BlockedMember]:
-        async with self._jobs.reading() as db:
+        async with self._database.reading() as db:
             async with db.execute(
                 "SELECT guild_id, user_id, reason, blocked_by, blocked_at FROM blocked_members ORDER BY blocked_at"
             ) as cursor:
@@ -238,7 +238,7 @@ class ModerationStore:
 
     async def set_blocked(self, guild_id: int, user_id: int, block: BlockedMember | None) -> BlockedMember | None:
         """Block (or with None unblock) a member; returns the previous block."""
-        async with self._jobs.transaction() as db:
+        async with self._database.transaction() as db:
             async with db.execute(
                 "SELECT guild_id, user_id, reason, blocked_by, blocked_at FROM blocked_members "
                 "WHERE guild_id = ? AND user_id = ?",
@@ -258,13 +258,13 @@ class ModerationStore:
     # -- roles seen --
 
     async def roles_seen(self) -> dict[tuple[int, int], tuple[int, ...]]:
-        async with self._jobs.reading() as db:
+        async with self._database.reading() as db:
             async with db.execute("SELECT guild_id, user_id, role_ids FROM member_roles_seen") as cursor:
                 rows = await cursor.fetchall()
         return {(guild_id, user_id): tuple(json.loads(role_ids)) for guild_id, user_id, role_ids in rows}
 
     async def remember_roles(self, guild_id: int, user_id: int, role_ids: Iterable[int]) -> None:
-        async with self._jobs.transaction() as db:
+        async with self._database.transaction() as db:
             await db.execute(
                 "INSERT OR REPLACE INTO member_roles_seen (guild_id, user_id, role_ids, seen_at) VALUES (?, ?, ?, ?)",
                 (guild_id, user_id, json.dumps(sorted(role_ids)), self.clock()),
@@ -276,7 +276,7 @@ class ModerationStore:
         self, guild_id: int, moderator_id: int, moderator_name: str, action: str, target: str, before: Any, after: Any
     ) -> ModAction:
         at = self.clock()
-        async with self._jobs.transaction() as db:
+        async with self._database.transaction() as db:
             cursor = await db.execute(
                 "INSERT INTO mod_actions (guild_id, moderator_id, moderator_name, action, target, before_json, after_json, at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -299,7 +299,7 @@ class ModerationStore:
         if action is not None:
             query += " AND (action = ? OR action LIKE ?)"
             params += [action, f"{action}.%"]
-        async with self._jobs.reading() as db:
+        async with self._database.reading() as db:
             async with db.execute(query + " ORDER BY id DESC LIMIT ? OFFSET ?", (*params, limit, offset)) as cursor:
                 rows = await cursor.fetchall()
         return [
@@ -323,7 +323,7 @@ class ModerationStore:
         if user_id is not None:
             query += " AND user_id = ?"
             params.append(user_id)
-        async with self._jobs.reading() as db:
+        async with self._database.reading() as db:
             async with db.execute(query, params) as cursor:
                 rows = await cursor.fetchall()
         events = []
@@ -341,14 +341,14 @@ class ModerationStore:
 
     async def refund(self, job_id: str, moderator_id: int) -> None:
         """The job no longer counts against its member's quotas (its GPU time still counts for the server)."""
-        async with self._jobs.transaction() as db:
+        async with self._database.transaction() as db:
             await db.execute(
                 "INSERT OR IGNORE INTO quota_refunds (job_id, refunded_by, at) VALUES (?, ?, ?)",
                 (job_id, moderator_id, self.clock()),
             )
 
     async def stats_rows(self, guild_id: int, *, since: float) -> list[StatsRow]:
-        async with self._jobs.reading() as db:
+        async with self._database.reading() as db:
             async with db.execute(
                 "SELECT user_id, user_name, state, created_at, started_at, finished_at, wall_seconds FROM jobs "
                 "WHERE guild_id = ? AND created_at >= ? ORDER BY created_at",

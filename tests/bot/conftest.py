@@ -1,4 +1,4 @@
-"""Fixtures for the bot's tests: a job store on a fake clock, and the real bot (bot.app.BigSleepBot) against the
+"""Fixtures for the bot's tests: the database and a job store on a fake clock, and the real bot (bot.app.BigSleepBot) against the
 fake Discord: `make_bot(backend=None, **settings)` builds a bot on this test's data dir; `start_bot(...)` also
 logs it in and waits until it is ready. The backend is the simulated worker unless a test passes another (the
 real GenerationClient for the end-to-end tests that need it)."""
@@ -15,6 +15,7 @@ import pytest
 from fakediscord import FakeDiscord, Permission
 
 from bot.app import BigSleepBot
+from bot.database import Database
 from bot.jobs.dispatcher import GenerationBackend
 from bot.jobs.simulated import SimulatedGenerationClient
 from bot.jobs.store import JobStore
@@ -46,12 +47,14 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def store(db_path: Path, clock: FakeClock) -> AsyncIterator[JobStore]:
-    opened = await JobStore.open(db_path, clock=clock)
-    try:
+async def database(db_path: Path) -> AsyncIterator[Database]:
+    async with Database.open(db_path) as opened:
         yield opened
-    finally:
-        await opened.close()
+
+
+@pytest.fixture
+def store(database: Database, clock: FakeClock) -> JobStore:
+    return JobStore(database, clock=clock)
 
 
 # Fast enough for tests, slow enough that spacing between edits is measurable.

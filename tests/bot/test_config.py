@@ -1,6 +1,7 @@
 """Configuration: where each value comes from (built-in default < default.toml < local.toml < BIGSLEEP_* <
-explicit overrides), that every mistake names its key and where it was written, and that config/default.toml
-documents every setting, whatever sections are added later."""
+explicit overrides), that every mistake names its key and where it was written, that config/default.toml
+documents every setting, whatever sections are added later, and that the generator reads its own keys from the
+same files (generator.settings) while the bot's settings include them."""
 
 from __future__ import annotations
 
@@ -17,9 +18,12 @@ from bot.settings import (
     BotSettings,
     DiscordConnection,
     SettingsError,
+    WorkerSettings,
     load_settings,
     unknown_environment_names,
 )
+from generator.settings import GeneratorSettings, load_generator_settings
+from generator.settings import WorkerSettings as GeneratorWorkerSettings
 
 DEFAULT_TOML = REPO_CONFIG_DIR / "default.toml"
 
@@ -214,3 +218,34 @@ def test_every_bigsleep_variable_the_docs_and_the_image_name_is_one_the_bot_acce
         section, _, key = variable.removeprefix("BIGSLEEP_").lower().partition("__")
         if key:
             assert key in sections[section].model_fields, variable
+
+
+def test_the_generator_reads_its_keys_from_the_bots_files_and_passes_over_the_rest(
+    config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (config_dir / "default.toml").write_text(DEFAULT_TOML.read_text())
+    (config_dir / "local.toml").write_text(
+        'device = "cuda:1"\n[worker]\nsizes = [256]\ntimelapse = true\n[limits]\ndefault_size = 256\n[queue]\nmax_queud = 1\n')
+    monkeypatch.setenv("BIGSLEEP_WORKER__MAX_BATCH_SIZE", "2")
+    monkeypatch.setenv("BIGSLEEP_DATA_DIR", "/srv/bigsleep")
+
+    generator = load_generator_settings()
+
+    assert (generator.models, generator.device, generator.worker.sizes, generator.worker.max_batch_size) == (
+        "full", "cuda:1", (256,), 2)
+    # The bot knows every key, so it refuses the typo the generator passed over.
+    with pytest.raises(SettingsError, match=r"unknown setting 'queue.max_queud'"):
+        load_settings()
+    # A bad value of the generator's own is the generator's mistake too, named where it was written.
+    monkeypatch.setenv("BIGSLEEP_WORKER__SIZES", "[100]")
+    with pytest.raises(SettingsError, match=r"setting 'worker' \(in .*local.toml and .*BIGSLEEP_WORKER__SIZES\): .*\[100\]"):
+        load_generator_settings()
+
+
+def test_the_bots_settings_include_the_generators_each_key_declared_once() -> None:
+    assert issubclass(BotSettings, GeneratorSettings) and issubclass(WorkerSettings, GeneratorWorkerSettings)
+    # Only the worker section is declared again, as the bot's subclass of the generator's section.
+    assert set(BotSettings.__annotations__) & set(GeneratorSettings.model_fields) == {"worker"}
+    assert set(WorkerSettings.__annotations__) & set(GeneratorWorkerSettings.model_fields) == set()
+    defaults = BotSettings()
+    assert defaults.worker.model_dump(include=set(GeneratorWorkerSettings.model_fields)) == GeneratorWorkerSettings().model_dump()

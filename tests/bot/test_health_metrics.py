@@ -64,13 +64,7 @@ async def test_healthz_is_ok_when_discord_the_worker_and_the_database_are(fake_d
 
 async def test_healthz_says_starting_while_the_first_worker_loads_its_models(fake_discord, world, start_bot):
     loaded = asyncio.Event()
-
-    class SlowToLoad(SimulatedGenerationClient):
-        async def start(self) -> None:
-            await loaded.wait()
-            await super().start()
-
-    bot = await start_bot(SlowToLoad(seconds_per_job=0.01), health=HEALTH)
+    bot = await start_bot(SimulatedGenerationClient(seconds_per_job=0.01, loaded=loaded), health=HEALTH)
 
     status, body = await healthz(bot)
     assert status == 503 and body["status"] == "starting", body
@@ -94,9 +88,36 @@ async def test_healthz_is_503_naming_the_worker_when_the_worker_is_down(fake_dis
     assert body["discord"]["ok"] and body["database"]["ok"]
 
 
+async def test_while_the_worker_takes_no_jobs_healthz_says_why_and_jobs_wait_for_it(fake_discord, world, start_bot, simulated):
+    bot = await start_bot(health=HEALTH)
+    simulated.take_down("the generation process died: it was killed by SIGKILL")
+
+    _, job_id = await imagine(fake_discord, world.channel, world.alice, "patiently waiting")
+    status, body = await healthz(bot)
+    # No event says "the dispatcher chose not to hand it out": give a wrongly handed-out job its run time.
+    await asyncio.sleep(simulated.seconds_per_job)
+
+    assert status == 503 and body["status"] == "unhealthy", body
+    assert body["worker"] == {
+        "ok": False, "state": "restarting", "alive": False, "accepting_jobs": False, "restarts": 0,
+        "device": "simulated", "failure": "the generation process died: it was killed by SIGKILL",
+    }
+    assert (await metrics(bot))[("bigsleep_worker_up", ())] == 0
+    job = await bot.store.get(job_id)
+    assert (job.state, job.attempts, simulated.requests) == ("queued", 0, [])
+
+    simulated.bring_up()
+    await wait_for_result(fake_discord, world.channel, job_id)
+    status, body = await healthz(bot)
+    assert status == 200 and body["worker"]["restarts"] == 1 and "failure" not in body["worker"], body
+    assert (await metrics(bot))[("bigsleep_worker_restarts_total", ())] == 1
+    assert (await bot.store.get(job_id)).attempts == 1
+
+
 async def test_healthz_is_503_while_the_database_cannot_be_written_and_recovers(fake_discord, world, start_bot):
     bot = await start_bot(health=HEALTH)
-    await bot.store.connection.execute("PRAGMA query_only = ON")
+    async with bot.database.reading() as connection:
+        await connection.execute("PRAGMA query_only = ON")
 
     status, body = await healthz(bot)
 
@@ -104,7 +125,8 @@ async def test_healthz_is_503_while_the_database_cannot_be_written_and_recovers(
     assert "readonly" in body["database"]["error"], body
     assert body["worker"]["ok"] and body["discord"]["ok"]
 
-    await bot.store.connection.execute("PRAGMA query_only = OFF")
+    async with bot.database.reading() as connection:
+        await connection.execute("PRAGMA query_only = OFF")
     status, body = await healthz(bot)
     assert status == 200, body
     # The probe left no transaction open: the bot still writes.

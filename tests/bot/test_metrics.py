@@ -1,32 +1,14 @@
-"""bot.metrics without Discord: worker restarts over replaced backends, the steps-per-second window."""
+"""bot.metrics without Discord: the worker's numbers come from the backend's health, the steps-per-second window."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.jobs.dispatcher import Dispatcher
 from bot.jobs.fair_queue import FairQueue
 from bot.jobs.files import ResultFiles
+from bot.jobs.simulated import SimulatedGenerationClient
 from bot.metrics import BotMetrics, StepRate
-
-
-@dataclass
-class Health:
-    alive: bool
-    restarts: int
-    state: str = "ready"
-
-
-class Backend:
-    """Just enough of a GenerationBackend for the health and restart bookkeeping."""
-
-    def __init__(self, restarts: int = 0, alive: bool = True) -> None:
-        self.state = Health(alive, restarts)
-
-    def health(self) -> Health:
-        return self.state
 
 
 def sample(metrics: BotMetrics, name: str) -> float:
@@ -37,35 +19,20 @@ def sample(metrics: BotMetrics, name: str) -> float:
     raise AssertionError(f"{name} not exposed")
 
 
-async def test_worker_restarts_add_up_over_replaced_backends(store, tmp_path):
-    backends = [Backend(restarts=2), Backend(restarts=0)]
-    factory = iter(backends[1:])
-    dispatcher = Dispatcher(
-        store=store, queue=FairQueue(), backend=backends[0], files=ResultFiles(tmp_path), backend_factory=lambda: next(factory)
-    )
-    metrics = BotMetrics()
-    metrics.attach(dispatcher)
-
-    assert sample(metrics, "bigsleep_worker_restarts_total") == 2
-    # The client gave up; the dispatcher replaced it with a fresh one, which then restarted its process once.
-    dispatcher._replace_backend()
-    backends[1].state.restarts = 1
-
-    assert dispatcher.worker_restarts == 2 + 1 + 1
-    assert sample(metrics, "bigsleep_worker_restarts_total") == 4
-
-
-async def test_worker_up_follows_the_backends_health(store, tmp_path):
-    backend = Backend()
+async def test_worker_up_and_restarts_are_the_backends_own_health(store, tmp_path):
+    backend = SimulatedGenerationClient()
     dispatcher = Dispatcher(store=store, queue=FairQueue(), backend=backend, files=ResultFiles(tmp_path))
     metrics = BotMetrics()
     metrics.attach(dispatcher)
 
     assert sample(metrics, "bigsleep_worker_up") == 0  # not started yet
-    dispatcher._backend_ready = True
-    assert sample(metrics, "bigsleep_worker_up") == 1
-    backend.state.alive = False  # between a death and the new process
+    await backend.start()
+    assert (sample(metrics, "bigsleep_worker_up"), sample(metrics, "bigsleep_worker_restarts_total")) == (1, 0)
+    backend.take_down("the worker died")  # between a death and its replacement
     assert sample(metrics, "bigsleep_worker_up") == 0
+    backend.bring_up()  # one replacement worker: counted once
+    assert (sample(metrics, "bigsleep_worker_up"), sample(metrics, "bigsleep_worker_restarts_total")) == (1, 1)
+    assert dispatcher.worker_health().restarts == 1
 
 
 def test_steps_per_second_is_the_last_window_only(clock):

@@ -58,3 +58,18 @@ def test_offline_without_weights_explains_what_to_download(tmp_path):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "ViT-B-32.pt" in result.stderr and "biggan-deep-128" in result.stderr and "https://" in result.stderr
+
+
+def test_dream_takes_models_and_device_from_the_configuration(tmp_path):
+    config = tmp_path / "bot.toml"
+    # The bot's keys share the file; the generator passes them over.
+    config.write_text('models = "tiny"\ndevice = "cpu"\ndata_dir = "data"\n[queue]\nmax_queued_per_user = 2\n')
+    result = run_cli("dream", "a bowl of cherries", "--config", str(config), "--size", "128", "--steps", "1", "--cutouts", "2",
+                     "--out", "cherries.png", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "noise" in result.stderr and "on cpu" in result.stderr
+    assert Image.open(tmp_path / "cherries.png").size == (128, 128)
+
+    config.write_text('device = "cpu"\n[worker]\nclip_precision = "fp8"\n')
+    result = run_cli("dream", "x", "--config", str(config), "--models", "tiny", cwd=tmp_path)
+    assert result.returncode == 2 and "worker.clip_precision" in result.stderr and "Traceback" not in result.stderr

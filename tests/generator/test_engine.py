@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from generator import clip_model
 from generator.cutouts import cut_and_resize, sample_crop_boxes
 from generator.engine import DreamCancelled, DreamEngine, dream
 from generator.latents import Latents
-from generator.protocol import DreamSpec, SpecError
+from generator.protocol import DreamSpec, JobProgress, JobRequest, JobResult, SpecError
+from generator.wire import SubmitJob
+from generator.worker import GenerationLoop
 
 SPEC = DreamSpec(prompt="a bowl of cherries", seed=7, steps=6, size=128, cutouts=4)
 
@@ -146,3 +151,63 @@ def test_batched_step_gives_each_job_its_own_gradient(tiny_models):
     torch.testing.assert_close(first.latents.z.grad, alone.latents.z.grad, rtol=0, atol=1e-2 * scale)
     assert (second.latents.z.grad - alone.latents.z.grad).abs().max().item() > 0.2 * scale
 
+
+def test_the_step_loop_reports_every_job_and_each_outcome_once_it_is_finished(tiny_models):
+    engine = DreamEngine(tiny_models)
+    short = engine.start(SPEC.with_changes(steps=2, snapshot_every=1), keep_frames=True)
+    longer = engine.start(SPEC.with_changes(steps=3, seed=8))
+    reports = []
+    while not longer.finished:
+        engine.advance([job for job in (short, longer) if not job.finished], lambda job, report: reports.append((job, report)))
+
+    short_reports = [report for job, report in reports if job is short]
+    assert [report.step for report in short_reports] == [1, 2] and short_reports[0].outcome is None
+    outcome = short_reports[-1].outcome
+    assert outcome.steps == 2 and len(outcome.snapshots) == 2 and outcome.image is short_reports[-1].snapshot
+    assert Image.open(io.BytesIO(outcome.timelapse_gif())).n_frames == 2
+    longer_reports = [report for job, report in reports if job is longer]
+    assert [report.snapshot for report in longer_reports] == [None] * 3  # no snapshots asked for: none rendered
+    assert longer_reports[-1].outcome.snapshots == [] and longer_reports[-1].outcome.steps == 3
+    assert Image.open(io.BytesIO(longer_reports[-1].outcome.timelapse_gif())).n_frames == 1  # the final image alone
+
+
+def test_an_error_reporting_one_job_goes_to_on_error_and_the_others_are_reported(tiny_models):
+    engine = DreamEngine(tiny_models)
+    failing, fine = engine.start(SPEC), engine.start(SPEC.with_changes(seed=8))
+    told, failed = [], []
+
+    def on_step(job, report):
+        if job is failing:
+            raise RuntimeError("the callback broke")
+        told.append(report.step)
+
+    engine.advance([failing, fine], on_step, on_error=lambda job, error: failed.append((job, str(error))))
+    assert told == [1] and failed == [(failing, "the callback broke")]
+    with pytest.raises(RuntimeError, match="the callback broke"):  # without on_error, the error is the caller's
+        engine.advance([failing, fine], on_step)
+
+
+class SentMessages(list):
+    """Stands in for the worker's connection to the client: keeps what is sent."""
+
+    def send(self, message) -> None:
+        self.append(message)
+
+
+def test_the_worker_and_the_command_line_run_the_same_loop_to_the_same_pixels(tiny_models):
+    spec = SPEC.with_changes(snapshot_every=2)
+    reference = dream(tiny_models, spec, keep_snapshots=True)
+    sent = SentMessages()
+    loop = GenerationLoop(DreamEngine(tiny_models), max_batch_size=2, requests=None, sender=sent)
+
+    loop.handle(SubmitJob(JobRequest(job_id="job", spec=spec, timelapse=True)))
+    while loop.jobs:
+        loop.advance(spec.size)
+
+    progress = [message for message in sent if isinstance(message, JobProgress)]
+    assert [message.step for message in progress] == list(range(1, spec.steps + 1))
+    assert [message.step for message in progress if message.snapshot_png] == [2, 4, 6]
+    (result,) = [message for message in sent if isinstance(message, JobResult)]
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(result.png))), np.asarray(reference.image))
+    assert result.latents_npz == reference.latents_npz and result.steps == spec.steps
+    assert result.timelapse_gif == reference.timelapse_gif()

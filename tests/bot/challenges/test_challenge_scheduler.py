@@ -17,8 +17,8 @@ HOUR = 3600.0
 
 
 @pytest.fixture
-def challenges(store, clock) -> ChallengeStore:
-    return ChallengeStore(store, clock=clock)
+def challenges(database, clock) -> ChallengeStore:
+    return ChallengeStore(database, clock=clock)
 
 
 async def new_challenge(challenges: ChallengeStore, clock, guild: int, hours: float):

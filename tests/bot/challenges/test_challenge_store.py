@@ -1,4 +1,4 @@
-"""The challenge store on the job store's database: the rules hold even against races and raw SQL."""
+"""The challenge store on the bot's database: the rules hold even against races and raw SQL."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from bot.challenges.results import rank
 from bot.challenges.store import AlreadyVoted, ChallengeRefused, ChallengeStore
-from bot.jobs.store import LATEST_VERSION, JobStore
+from bot.database import Database, latest_version
 
 if TYPE_CHECKING:
     from conftest import FakeClock
@@ -21,8 +21,8 @@ DAY = 86400.0
 
 
 @pytest.fixture
-def challenges(store: JobStore, clock: FakeClock) -> ChallengeStore:
-    return ChallengeStore(store, clock=clock)
+def challenges(database: Database, clock: FakeClock) -> ChallengeStore:
+    return ChallengeStore(database, clock=clock)
 
 
 async def start(challenges: ChallengeStore, clock: FakeClock, guild: int = GUILD, **options) -> object:
@@ -39,8 +39,8 @@ async def enter(challenges, challenge, user: int, job_id: str):
     )
 
 
-async def test_schema_is_at_the_latest_version(store: JobStore):
-    assert await store.schema_version() == LATEST_VERSION >= 4
+async def test_schema_is_at_the_latest_version(database: Database):
+    assert await database.schema_version() == latest_version() >= 4
 
 
 async def test_one_open_challenge_per_server(challenges, clock):
@@ -99,14 +99,14 @@ async def test_racing_double_votes_count_once(challenges, clock):
     assert (await challenges.entry(entry.id)).votes == 1
 
 
-async def test_the_database_itself_refuses_double_and_self_votes(store, challenges, clock):
+async def test_the_database_itself_refuses_double_and_self_votes(database, challenges, clock):
     challenge = await start(challenges, clock)
     entry = await enter(challenges, challenge, ALICE, "aaaaaaaa")
-    async with store.transaction() as db:
+    async with database.transaction() as db:
         await db.execute("INSERT INTO challenge_votes (entry_id, voter_id, voted_at) VALUES (?, ?, 0)", (entry.id, BOB))
     for voter in (BOB, ALICE):
         with pytest.raises(sqlite3.IntegrityError):
-            async with store.transaction() as db:
+            async with database.transaction() as db:
                 await db.execute("INSERT INTO challenge_votes (entry_id, voter_id, voted_at) VALUES (?, ?, 0)",
                                  (entry.id, voter))
 
@@ -128,7 +128,7 @@ async def test_after_the_deadline_nothing_changes(challenges, clock):
     assert (await challenges.entry(entry.id)).votes == 1
 
 
-async def test_withdrawing_an_entry_removes_its_votes(store, challenges, clock):
+async def test_withdrawing_an_entry_removes_its_votes(database, challenges, clock):
     challenge = await start(challenges, clock)
     entry = await enter(challenges, challenge, ALICE, "aaaaaaaa")
     await challenges.vote(entry.id, BOB)
@@ -136,7 +136,7 @@ async def test_withdrawing_an_entry_removes_its_votes(store, challenges, clock):
     removed = await challenges.remove_entry(entry.id)
 
     assert removed.number == 1 and await challenges.entry(entry.id) is None
-    async with store.reading() as db, db.execute("SELECT COUNT(*) FROM challenge_votes") as cursor:
+    async with database.reading() as db, db.execute("SELECT COUNT(*) FROM challenge_votes") as cursor:
         assert (await cursor.fetchone())[0] == 0
     with pytest.raises(ChallengeRefused, match="already withdrawn"):
         await challenges.remove_entry(entry.id)
@@ -198,10 +198,10 @@ async def test_leaderboard_counts_places_of_ended_challenges_in_one_server(chall
 
 
 async def test_challenges_survive_reopening_the_database(db_path, clock):
-    async with JobStore.open(db_path, clock=clock) as store:
-        challenge = await start(ChallengeStore(store, clock=clock), clock)
-    async with JobStore.open(db_path, clock=clock) as store:
-        again = await ChallengeStore(store, clock=clock).get(challenge.id)
+    async with Database.open(db_path) as database:
+        challenge = await start(ChallengeStore(database, clock=clock), clock)
+    async with Database.open(db_path) as database:
+        again = await ChallengeStore(database, clock=clock).get(challenge.id)
     assert again == challenge
 
 

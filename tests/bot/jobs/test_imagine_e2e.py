@@ -369,11 +369,12 @@ async def test_a_job_running_when_the_bot_stops_runs_again_after_the_restart(fak
 
 
 async def first_bot_store_state(make_bot, job_id: str) -> str:
+    from bot.database import Database
     from bot.jobs.store import JobStore
 
     settings = make_bot().settings
-    async with JobStore.open(settings.database_path) as store:
-        return (await store.require(job_id)).state
+    async with Database.open(settings.database_path) as database:
+        return (await JobStore(database).require(job_id)).state
 
 
 class _WorkerThatNeverAnswersStop(SimulatedGenerationClient):

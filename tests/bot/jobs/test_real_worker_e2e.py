@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import logging
+import os
 import re
+import signal
 
+import aiohttp
 import pytest
 from e2e_helpers import imagine, png_size, result_png, wait_for_result
 from fakediscord import FakeDiscord
+from prometheus_client.parser import text_string_to_metric_families
+from worker_faults import START_FAULTS_VARIABLE, start_faults
 
+from bot.database import Database
 from bot.jobs.dispatcher import GenerationBackend
 from bot.jobs.store import JobStore
 from generator.client import GenerationClient
@@ -30,7 +38,7 @@ REAL_SETTINGS = {
 }
 
 
-def real_client() -> GenerationClient:
+def real_client(**changes) -> GenerationClient:
     return GenerationClient(
         WorkerConfig(
             models_kind="tiny",
@@ -41,6 +49,7 @@ def real_client() -> GenerationClient:
             # A tiny step can take seconds on a busy shared machine.
             heartbeat_interval_s=0.5,
             heartbeat_timeout_s=30.0,
+            **changes,
         )
     )
 
@@ -68,6 +77,9 @@ class StartsWhenReleased:
 
     def health(self):
         return self.inner.health()
+
+    async def wait_until_accepting(self) -> None:
+        await self.inner.wait_until_accepting()
 
 
 async def started_order(store: JobStore, job_ids: dict[str, str]) -> list[str]:
@@ -124,8 +136,8 @@ async def test_a_job_survives_a_restart_mid_run_and_its_buttons_work_after_it(fa
     )
 
     await bot_runner.stop(first_bot)
-    async with JobStore.open(first_bot.settings.database_path) as store:
-        interrupted = await store.require(job_id)
+    async with Database.open(first_bot.settings.database_path) as database:
+        interrupted = await JobStore(database).require(job_id)
     # Handed back by a clean stop: not the job's fault, so it has used none of its attempts.
     assert (interrupted.state, interrupted.attempts) == ("queued", 0)
 
@@ -146,5 +158,50 @@ async def test_a_job_survives_a_restart_mid_run_and_its_buttons_work_after_it(fa
     variation = await bot.store.get(vary_id)
     assert varied.id != waiting.id
     assert (variation.kind, variation.parent_job_id, variation.init_latents_path) == ("variation", job_id, original.latents_path)
-    assert variation.steps == round(6 * 0.4) and variation.init_noise == pytest.approx(0.3)
+    assert variation.steps == round(6 * 0.4) and variation.spec.init_noise == pytest.approx(0.3)
     assert png_size(result_png(varied, vary_id)) == (128, 128)
+
+
+async def test_a_worker_that_fails_to_start_then_dies_mid_job_loses_no_job_and_counts_each_process_once(
+    fake_discord, world, start_bot, tmp_path, monkeypatch, caplog
+):
+    """The first worker dies while loading, so the next starts at once; its models fail to load, so the client
+    pauses before the third (as if an admin fixed the weights meanwhile). The bot stays up and queues jobs all
+    along, and no job is failed or charged for it. Then the worker is killed mid-job: that job is charged the
+    run it lost, runs again and finishes; the job waiting behind it is charged nothing. /healthz and /metrics
+    count each replacement process once."""
+    plan = tmp_path / "start-faults"
+    starts = start_faults(plan, ["exit", "raise"])
+    monkeypatch.setenv(START_FAULTS_VARIABLE, str(plan))
+    caplog.set_level(logging.ERROR, logger="bigsleep.client")
+    client = real_client(engine_factory="worker_faults:engine_after_start_faults", start_retry_pauses_s=(0.2,))
+    one_at_a_time = {**REAL_SETTINGS, "worker": {**REAL_SETTINGS["worker"], "max_batch_size": 1}}
+    bot = await start_bot(client, health={"enabled": True, "port": 0}, **one_at_a_time)
+
+    _, killed_id = await imagine(fake_discord, world.channel, world.alice, "a phoenix rising", steps=16)
+    _, spared_id = await imagine(fake_discord, world.channel, world.bob, "a quiet pond")
+    await fake_discord.wait_for_message(
+        world.channel, lambda m: "phoenix" in m.content and re.search(r"step ([1-9]|1[0-2])/16", m.content),
+        timeout=RESULT_TIMEOUT,
+    )
+    running = client.health()
+    os.kill(running.pid, signal.SIGKILL)
+    await wait_for_result(fake_discord, world.channel, killed_id, timeout=RESULT_TIMEOUT)
+    await wait_for_result(fake_discord, world.channel, spared_id, timeout=RESULT_TIMEOUT)
+
+    assert [(await bot.store.require(job_id)).attempts for job_id in (killed_id, spared_id)] == [2, 1]
+    retries = [record.getMessage().rsplit("; ", 1)[-1] for record in caplog.records if "failed to start" in record.getMessage()]
+    assert retries == ["trying again now", "trying again in 0.2 s"]
+    # Four processes: two that failed to start, the one killed, its replacement.
+    assert len(starts.read_text().split()) == 4
+    assert running.restarts == 2
+    base = f"http://127.0.0.1:{bot.health.port}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base}/healthz") as response:
+            worker = json.loads(await response.text())["worker"]
+        async with session.get(f"{base}/metrics") as response:
+            exposition = await response.text()
+    assert (worker["state"], worker["restarts"]) == ("ready", 3)
+    restarts = [sample.value for family in text_string_to_metric_families(exposition) for sample in family.samples
+                if sample.name == "bigsleep_worker_restarts_total"]
+    assert restarts == [3]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import sqlite3
 from pathlib import Path
@@ -9,20 +10,16 @@ from typing import TYPE_CHECKING, Any
 import aiosqlite
 import pytest
 
+from bot.database import Database, Migration, SchemaTooNew, bot_migrations, latest_version, migrate, schema_version
 from bot.jobs.fair_queue import FairQueue
 from bot.jobs.store import (
     JOB_ID_ALPHABET,
     JOB_ID_LENGTH,
-    LATEST_VERSION,
-    MIGRATIONS,
     IllegalTransition,
     Job,
     JobNotFound,
     JobStore,
-    SchemaTooNew,
-    migrate,
-    schema_version,
-    split_sql_statements,
+    StoreError,
 )
 from generator.protocol import DreamSpec
 
@@ -34,14 +31,15 @@ ALICE, BOB, CAROL = 11, 12, 13
 
 
 async def new_job(
-    store: JobStore, user: int = ALICE, guild: int = GUILD_A, prompt: str = "a bowl of cherries", **options: Any
+    store: JobStore, user: int = ALICE, guild: int = GUILD_A, prompt: str = "a bowl of cherries",
+    spec: DreamSpec | None = None, **options: Any
 ) -> Job:
     return await store.create_job(
         guild_id=guild,
         channel_id=guild * 10,
         user_id=user,
         user_name=f"user{user}",
-        spec=DreamSpec(prompt, seed=7),
+        spec=spec or DreamSpec(prompt, seed=7),
         **options,
     )
 
@@ -51,89 +49,65 @@ async def table_columns(db: aiosqlite.Connection, table: str) -> list[str]:
         return [row[1] for row in await cursor.fetchall()]
 
 
-# ---- schema and migrations -----------------------------------------------------------------------------------
+# ---- schema and migrations (the runner itself: tests/bot/test_database.py) ----------------------------------
 
 
 async def test_empty_file_reaches_latest_version_in_wal_mode(db_path: Path) -> None:
     assert not db_path.exists()
-    async with JobStore.open(db_path) as store:
-        assert await store.schema_version() == LATEST_VERSION == len(MIGRATIONS)
-        assert await store.journal_mode() == "wal"
-        columns = await table_columns(store.connection, "jobs")
-    for expected in ("id", "seq", "guild_id", "state", "init_latents_path", "png_path", "progress_message_id"):
+    async with Database.open(db_path) as database:
+        assert await database.schema_version() == latest_version() == len(bot_migrations()) >= 5
+        assert await database.journal_mode() == "wal"
+        async with database.reading() as db:
+            columns = await table_columns(db, "jobs")
+    for expected in ("id", "seq", "guild_id", "state", "spec", "init_latents_path", "png_path", "progress_message_id"):
         assert expected in columns
+    # The spec is one document: no setting keeps a column of its own.
+    assert not {"prompt", "seed", "steps", "size", "init_noise"} & set(columns)
 
 
 async def test_reopening_is_idempotent_and_keeps_data(db_path: Path, clock: FakeClock) -> None:
-    async with JobStore.open(db_path, clock=clock) as store:
-        job = await new_job(store)
+    async with Database.open(db_path) as database:
+        job = await new_job(JobStore(database, clock=clock))
     for _ in range(2):
-        async with JobStore.open(db_path, clock=clock) as store:
-            assert await store.schema_version() == LATEST_VERSION
+        async with Database.open(db_path) as database:
+            store = JobStore(database, clock=clock)
+            assert await database.schema_version() == latest_version()
             assert await store.get(job.id) == job
             assert [j.id for j in await store.list_queued()] == [job.id]
 
 
-@pytest.mark.parametrize("applied", range(LATEST_VERSION + 1))
+@pytest.mark.parametrize("applied", range(latest_version() + 1))
 async def test_database_at_an_older_version_is_upgraded(db_path: Path, applied: int) -> None:
     db_path.parent.mkdir(parents=True)
     async with aiosqlite.connect(db_path, isolation_level=None) as db:
         assert await migrate(db, target=applied) == applied
         assert await schema_version(db) == applied
-    async with JobStore.open(db_path) as store:
-        assert await store.schema_version() == LATEST_VERSION
+    async with Database.open(db_path) as database:
+        assert await database.schema_version() == latest_version()
+        store = JobStore(database)
         job = await new_job(store)
         assert (await store.require(job.id)).state == "queued"
 
 
 async def test_a_later_release_can_append_a_migration_without_losing_jobs(db_path: Path) -> None:
-    async with JobStore.open(db_path) as store:
-        job = await new_job(store)
+    async with Database.open(db_path) as database:
+        job = await new_job(JobStore(database))
     future = (
-        *MIGRATIONS,
-        """
+        *bot_migrations(),
+        Migration(latest_version() + 1, "quota_weight", """
         ALTER TABLE jobs ADD COLUMN quota_weight REAL NOT NULL DEFAULT 1.0;
         CREATE TABLE guild_themes (guild_id INTEGER PRIMARY KEY, theme TEXT NOT NULL DEFAULT '');
-        """,
+        """),
     )
-    async with JobStore.open(db_path, migrations=future) as store:
-        assert await store.schema_version() == LATEST_VERSION + 1
-        assert "quota_weight" in await table_columns(store.connection, "jobs")
+    async with Database.open(db_path, migrations=future) as database:
+        assert await database.schema_version() == latest_version() + 1
+        async with database.reading() as db:
+            assert "quota_weight" in await table_columns(db, "jobs")
         # Rows are read by explicit column names, so an added column does not break Job.
-        assert await store.get(job.id) == job
+        assert await JobStore(database).get(job.id) == job
     # An older bot must refuse a database written by a newer one rather than misread it.
     with pytest.raises(SchemaTooNew):
-        await JobStore.open(db_path)
-
-
-async def test_a_failing_migration_is_rolled_back_whole(db_path: Path) -> None:
-    async with JobStore.open(db_path) as store:
-        await new_job(store)
-    broken = (*MIGRATIONS, "CREATE TABLE half_done (x INTEGER); INSERT INTO no_such_table VALUES (1);")
-    with pytest.raises(sqlite3.OperationalError):
-        await JobStore.open(db_path, migrations=broken)
-    async with aiosqlite.connect(db_path) as db:
-        assert await schema_version(db) == LATEST_VERSION
-        assert await table_columns(db, "half_done") == []
-
-
-def test_sql_splitting_respects_literals_and_trigger_bodies() -> None:
-    script = """
-    CREATE TABLE t (x TEXT);
-    INSERT INTO t VALUES ('semi;colon');
-    CREATE TRIGGER t_copy AFTER INSERT ON t BEGIN
-        INSERT INTO t VALUES ('copied');
-        SELECT 1;
-    END;
-    """
-    statements = split_sql_statements(script)
-    assert len(statements) == 3
-    assert statements[1] == "INSERT INTO t VALUES ('semi;colon');"
-    assert statements[2].startswith("CREATE TRIGGER") and statements[2].endswith("END;")
-    # A missing final semicolon is fine; an unclosed string literal is not.
-    assert split_sql_statements("SELECT 1; SELECT 2") == ["SELECT 1;", "SELECT 2;"]
-    with pytest.raises(ValueError):
-        split_sql_statements("INSERT INTO t VALUES ('unclosed);")
+        await Database.open(db_path)
 
 
 # ---- creating and reading ------------------------------------------------------------------------------------
@@ -146,8 +120,10 @@ async def test_created_job_has_a_typeable_id_and_round_trips_its_spec(store: Job
     assert re.fullmatch(f"[{JOB_ID_ALPHABET}]{{{JOB_ID_LENGTH}}}", job.id)
     assert (job.state, job.kind, job.attempts, job.created_at) == ("queued", "imagine", 0, clock.now)
     assert job.started_at is None and job.finished_at is None and job.result_paths == []
-    assert job.spec() == spec
-    assert job.spec(snapshot_every=50) == spec.with_changes(snapshot_every=50)
+    assert job.spec == spec and job.worker_spec() == spec
+    assert (job.prompt, job.negative, job.seed, job.steps, job.size, job.cutouts) == ("a red fox | snow", "blurry",
+                                                                                       2**63 - 1, 150, 512, 16)
+    assert job.worker_spec(snapshot_every=50) == spec.with_changes(snapshot_every=50)
     assert await store.get(job.id) == job
     # What a user types back: different case, a leading '#', spaces.
     assert await store.get(f"  #{job.id.upper()} ") == job
@@ -163,7 +139,8 @@ async def test_sequence_numbers_increase_and_order_the_queue(store: JobStore) ->
 
 async def test_colliding_ids_are_retried(db_path: Path) -> None:
     candidates = iter(["aaaaaaaa", "aaaaaaaa", "AAAAAAAA", "bbbbbbbb"])
-    async with JobStore.open(db_path, id_factory=lambda: next(candidates)) as store:
+    async with Database.open(db_path) as database:
+        store = JobStore(database, id_factory=lambda: next(candidates))
         first = await new_job(store)
         second = await new_job(store)
     assert (first.id, second.id) == ("aaaaaaaa", "bbbbbbbb")
@@ -177,8 +154,8 @@ async def test_variation_keeps_its_parent_and_latents_path(store: JobStore) -> N
     assert variation.init_latents_path == f"results/{parent.id}.npz"
     assert [j.id for j in await store.children(parent.id)] == [variation.id, reroll.id]
     with pytest.raises(ValueError, match="init_latents"):
-        variation.spec()
-    assert variation.spec(init_latents=b"npz").init_latents == b"npz"
+        variation.worker_spec()
+    assert variation.worker_spec(init_latents=b"npz").init_latents == b"npz"
     with pytest.raises(ValueError, match="parent"):
         await new_job(store, kind="reroll")
     with pytest.raises(ValueError, match="relative"):
@@ -187,6 +164,35 @@ async def test_variation_keeps_its_parent_and_latents_path(store: JobStore) -> N
         await new_job(store, kind="variation", parent_job_id=parent.id, init_latents_path="../../x.npz")
     with pytest.raises(sqlite3.IntegrityError):
         await new_job(store, kind="reroll", parent_job_id="nosuchjb")
+
+
+async def test_the_spec_is_stored_as_one_versioned_document(store: JobStore, database: Database) -> None:
+    job = await new_job(store, prompt="a red fox")
+    async with database.reading() as db, db.execute("SELECT spec FROM jobs WHERE id = ?", (job.id,)) as cursor:
+        (text,) = await cursor.fetchone()
+    assert json.loads(text) == {
+        "version": 1, "prompt": "a red fox", "negative": "", "seed": 7, "steps": 400, "size": 256, "cutouts": 32,
+        "learning_rate": 0.07, "ema_decay": 0.99, "max_classes": None, "init_noise": 0.0,
+    }
+    assert job.spec == DreamSpec("a red fox", seed=7)
+
+
+async def test_a_stored_spec_without_a_later_setting_reads_with_its_default(store: JobStore, database: Database) -> None:
+    """What adding a DreamSpec field with a default means for the rows already stored: no migration needed."""
+    job = await new_job(store, spec=DreamSpec("a lake", seed=3, max_classes=9, init_noise=0.5))
+    async with database.transaction() as db:
+        # As if written before max_classes and init_noise existed, and by a newer bot that knows a setting more.
+        await db.execute("UPDATE jobs SET spec = json_set(json_remove(spec, '$.max_classes', '$.init_noise'), "
+                         "'$.image_prompt', 'cat.png') WHERE id = ?", (job.id,))
+    assert (await store.require(job.id)).spec == DreamSpec("a lake", seed=3)
+
+
+async def test_a_spec_document_of_an_unknown_version_is_refused_naming_the_job(store: JobStore, database: Database) -> None:
+    job = await new_job(store)
+    async with database.transaction() as db:
+        await db.execute("UPDATE jobs SET spec = json_set(spec, '$.version', 2) WHERE id = ?", (job.id,))
+    with pytest.raises(StoreError, match=f"Job {job.id}.*version 2"):
+        await store.require(job.id)
 
 
 # ---- state transitions ---------------------------------------------------------------------------------------
@@ -284,7 +290,8 @@ async def test_a_clean_hand_back_takes_back_the_attempt_its_start_counted(store:
 
 
 async def test_recovery_after_restart_puts_running_jobs_first_on_a_real_file(db_path: Path, clock: FakeClock) -> None:
-    async with JobStore.open(db_path, clock=clock) as store:
+    async with Database.open(db_path) as database:
+        store = JobStore(database, clock=clock)
         a1 = await new_job(store, user=ALICE)
         b1 = await new_job(store, user=BOB, guild=GUILD_B)
         a2 = await new_job(store, user=ALICE)
@@ -295,7 +302,8 @@ async def test_recovery_after_restart_puts_running_jobs_first_on_a_real_file(db_
             await store.mark_running(job.id)
         await store.mark_done(done.id, png_path="d.png", latents_path="d.npz", wall_seconds=10)
     # The process died with c1 and b2 running. A fresh process opens the same file.
-    async with JobStore.open(db_path, clock=clock) as store:
+    async with Database.open(db_path) as database:
+        store = JobStore(database, clock=clock)
         recovered = await store.recover_after_restart()
         assert [j.id for j in recovered] == [c1.id, b2.id]
         assert all(j.state == "queued" and j.attempts == 1 and j.started_at is None for j in recovered)

@@ -3,6 +3,7 @@ reopen, and the per-server running cap the dispatcher asks about."""
 
 from __future__ import annotations
 
+from bot.database import Database
 from bot.jobs.fair_queue import FairQueue, JobRef
 from bot.jobs.parsing import ServerLimits
 from bot.jobs.store import JobStore
@@ -20,8 +21,8 @@ async def make_job(store: JobStore, user: int = ALICE, guild: int = GUILD):
                                   spec=DreamSpec("a lake", seed=1))
 
 
-async def test_what_counts_against_quotas(store: JobStore, clock) -> None:
-    moderation = ModerationStore(store, clock=clock)
+async def test_what_counts_against_quotas(database: Database, store: JobStore, clock) -> None:
+    moderation = ModerationStore(database, clock=clock)
     done = await make_job(store)
     await store.mark_running(done.id)
     clock.advance(30)
@@ -51,8 +52,8 @@ async def test_what_counts_against_quotas(store: JobStore, clock) -> None:
     assert [e.state for e in later] == ["queued"]  # old jobs left the window; a waiting one always counts
 
 
-async def test_a_job_a_moderator_cancelled_is_given_back(store: JobStore, clock) -> None:
-    moderation = ModerationStore(store, clock=clock)
+async def test_a_job_a_moderator_cancelled_is_given_back(database: Database, store: JobStore, clock) -> None:
+    moderation = ModerationStore(database, clock=clock)
     service = ModerationService(moderation, base_limits=ServerLimits())
     await service.load()
     await service.update_settings(GUILD, MOD, "quota.rules", quota_per_day=1)
@@ -73,8 +74,8 @@ async def test_a_job_a_moderator_cancelled_is_given_back(store: JobStore, clock)
 
 
 async def test_settings_overrides_words_and_blocks_survive_a_reopen(db_path, clock) -> None:
-    async with JobStore.open(db_path, clock=clock) as store:
-        service = ModerationService(ModerationStore(store, clock=clock), base_limits=ServerLimits())
+    async with Database.open(db_path) as database:
+        service = ModerationService(ModerationStore(database, clock=clock), base_limits=ServerLimits())
         await service.load()
         await service.update_settings(GUILD, MOD, "queue.pause", paused=True, quota_per_day=5)
         await service.set_override(GUILD, MOD, kind="role", target_id=7, target_name="vip",
@@ -83,9 +84,9 @@ async def test_settings_overrides_words_and_blocks_survive_a_reopen(db_path, clo
         await service.block(GUILD, MOD, BOB, "bob", "spam")
         await service.set_channel(GUILD, MOD, 123, True)
 
-    async with JobStore.open(db_path, clock=clock) as store:
+    async with Database.open(db_path) as database:
         queue = FairQueue()
-        service = ModerationService(ModerationStore(store, clock=clock), base_limits=ServerLimits(), queue=queue)
+        service = ModerationService(ModerationStore(database, clock=clock), base_limits=ServerLimits(), queue=queue)
         await service.load()
         assert queue.is_paused(GUILD) and not queue.is_paused(OTHER_GUILD)
         assert service.settings(GUILD).rules.per_day == 5
@@ -101,9 +102,9 @@ async def test_settings_overrides_words_and_blocks_survive_a_reopen(db_path, clo
         assert actions[-1].after == {"paused": True, "quota_per_day": 5}
 
 
-async def test_the_server_running_cap_holds_back_dispatch_per_server(store, clock) -> None:
+async def test_the_server_running_cap_holds_back_dispatch_per_server(database, clock) -> None:
     queue = FairQueue()
-    service = ModerationService(ModerationStore(store, clock=clock), base_limits=ServerLimits(), queue=queue)
+    service = ModerationService(ModerationStore(database, clock=clock), base_limits=ServerLimits(), queue=queue)
     await service.load()
     await service.update_settings(GUILD, MOD, "quota.rules", quota_max_running=1)
     for seq, (guild, job_id) in enumerate([(GUILD, "a1"), (GUILD, "a2"), (OTHER_GUILD, "b1")], start=1):
@@ -118,8 +119,8 @@ async def test_the_server_running_cap_holds_back_dispatch_per_server(store, cloc
 
 
 async def test_a_role_overrides_running_cap_holds_after_a_restart_before_the_member_is_seen_again(db_path, clock) -> None:
-    async with JobStore.open(db_path, clock=clock) as store:
-        service = ModerationService(ModerationStore(store, clock=clock), base_limits=ServerLimits())
+    async with Database.open(db_path) as database:
+        service = ModerationService(ModerationStore(database, clock=clock), base_limits=ServerLimits())
         await service.load()
         await service.update_settings(GUILD, MOD, "quota.rules", quota_max_running=1)
         await service.set_override(GUILD, MOD, kind="role", target_id=7, target_name="vip",
@@ -128,9 +129,9 @@ async def test_a_role_overrides_running_cap_holds_after_a_restart_before_the_mem
         assert await service.refusal(guild_id=GUILD, channel_id=1, user_id=ALICE, role_ids=[7],
                                      spec=DreamSpec("a lake", seed=1)) is None
 
-    async with JobStore.open(db_path, clock=clock) as store:
+    async with Database.open(db_path) as database:
         queue = FairQueue()
-        service = ModerationService(ModerationStore(store, clock=clock), base_limits=ServerLimits(), queue=queue)
+        service = ModerationService(ModerationStore(database, clock=clock), base_limits=ServerLimits(), queue=queue)
         await service.load()
         for seq, job_id in enumerate(["a1", "a2", "a3"], start=1):
             queue.push(JobRef(job_id, GUILD, ALICE, seq))

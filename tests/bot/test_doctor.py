@@ -1,12 +1,12 @@
-"""`bigsleep doctor`: what it says about weights, the token, the data folder and database, and the config.
+"""`bigsleep-bot doctor`: what it says about the token, the data folder and database, and the bot's config, with
+the machine's checks (tests/generator/test_machine_doctor.py) in the same report.
 
-Most cases call the checks in this process (torch is already loaded here); one runs the real command.
+Most cases call the checks in this process; one runs the real command.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import re
@@ -18,35 +18,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import torch
+from doctor_helpers import by_topic, start_clean
 
-from bot.jobs.store import MIGRATIONS, JobStore
-from generator import weights
-from generator.doctor import Finding, diagnose, format_report
+from bot.database import Database, bot_migrations, latest_version
+from bot.doctor import diagnose
+from generator.doctor import format_report
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Shaped like a bot token (id.timestamp.hmac) but made up.
 TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4OQ.GdPq3x.aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789_-"
-FAKE_CLIP = b"a stand-in for CLIP " * 20
 
 
 @pytest.fixture
 def setup(tmp_path, monkeypatch) -> Path:
     """A clean environment, a config for the smallest real setup, and an empty cache; returns the config."""
-    for name in list(os.environ):
-        if name.startswith(("BIGSLEEP_", "DISCORD_")):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("BIGSLEEP_CACHE_DIR", str(tmp_path / "cache"))
-    config = tmp_path / "bot.toml"
-    config.write_text(f'data_dir = "{tmp_path / "data"}"\ndevice = "cpu"\n[worker]\nsizes = [128]\n'
-                      "[limits]\ndefault_size = 128\n")
-    return config
-
-
-def by_topic(findings: list[Finding], topic: str) -> list[Finding]:
-    found = [finding for finding in findings if finding.topic == topic]
-    assert found, f"no {topic} line in:\n{format_report(findings)}"
-    return found
+    return start_clean(monkeypatch, tmp_path, f'data_dir = "{tmp_path / "data"}"\ndevice = "cpu"\n[worker]\nsizes = [128]\n'
+                                              "[limits]\ndefault_size = 128\n")
 
 
 class FakeDiscordApi:
@@ -92,55 +79,6 @@ def discord_api():
         server.close()
 
 
-# ---- weights --------------------------------------------------------------------------------------------
-
-
-def test_missing_weights_are_named_with_the_download_command_as_the_fix(setup):
-    (weights_line,) = by_topic(diagnose(setup, offline=True), "weights")
-
-    assert weights_line.status == "WARN"  # the bot would still fetch them on its first start
-    for key in ("clip/ViT-B-32.pt", "biggan-deep-128/config.json", "biggan-deep-128/pytorch_model.bin"):
-        assert key in weights_line.detail
-    assert "biggan-deep-256" not in weights_line.detail  # only what the configured sizes need
-    assert "`bigsleep download`" in weights_line.fix and "exactly these names" in weights_line.fix
-
-
-def test_missing_weights_where_nothing_may_be_downloaded_fail(setup, tmp_path, monkeypatch):
-    monkeypatch.setenv("BIGSLEEP_WEIGHTS_DIR", str(tmp_path / "weights"))
-    (weights_line,) = by_topic(diagnose(setup, offline=True), "weights")
-    assert weights_line.status == "FAIL" and str(tmp_path / "weights") in weights_line.detail
-    assert "BIGSLEEP_WEIGHTS_DIR" in weights_line.fix and "clip/ViT-B-32.pt" in weights_line.detail
-
-    monkeypatch.delenv("BIGSLEEP_WEIGHTS_DIR")
-    monkeypatch.setenv("BIGSLEEP_OFFLINE", "1")
-    (weights_line,) = by_topic(diagnose(setup, offline=True), "weights")
-    assert weights_line.status == "FAIL" and "BIGSLEEP_OFFLINE" in weights_line.detail
-
-
-def test_present_weights_are_verified_and_a_corrupted_one_is_named(setup, tmp_path, monkeypatch):
-    monkeypatch.setattr(weights, "_CLIP_SHA256", hashlib.sha256(FAKE_CLIP).hexdigest())
-    monkeypatch.setattr(weights, "_CLIP_SIZE", len(FAKE_CLIP))
-    folder = tmp_path / "weights"
-    monkeypatch.setenv("BIGSLEEP_WEIGHTS_DIR", str(folder))
-    for key, body in (("clip/ViT-B-32.pt", FAKE_CLIP), ("biggan-deep-128/config.json", b"{}"),
-                      ("biggan-deep-128/pytorch_model.bin", b"weights")):
-        (folder / key).parent.mkdir(parents=True, exist_ok=True)
-        (folder / key).write_bytes(body)
-
-    (weights_line,) = by_topic(diagnose(setup, offline=True), "weights")
-    assert weights_line.status == "OK" and "all 3 weight files" in weights_line.detail
-
-    (folder / "clip/ViT-B-32.pt").write_bytes(FAKE_CLIP[:-1] + b"!")
-    (weights_line,) = by_topic(diagnose(setup, offline=True), "weights")
-    assert weights_line.status == "FAIL" and "clip/ViT-B-32.pt" in weights_line.detail and "SHA-256" in weights_line.detail
-
-
-def test_tiny_models_need_no_weights_but_are_called_noise(setup, monkeypatch):
-    monkeypatch.setenv("BIGSLEEP_MODELS", "tiny")
-    (weights_line,) = by_topic(diagnose(setup, offline=True), "weights")
-    assert weights_line.status == "WARN" and "noise" in weights_line.detail
-
-
 # ---- the token ------------------------------------------------------------------------------------------
 
 
@@ -175,9 +113,11 @@ def test_a_token_discord_refuses_fails_with_how_to_reset_it(setup, monkeypatch, 
     assert TOKEN not in format_report(findings)
 
 
-def test_when_discord_cannot_be_reached_the_token_is_only_checked_for_shape(setup, monkeypatch, unreachable_url):
+def test_when_discord_cannot_be_reached_the_token_is_only_checked_for_shape(setup, monkeypatch):
+    gone = FakeDiscordApi(200)
+    gone.close()  # nothing listens at its address any more: connecting is refused at once
     monkeypatch.setenv("DISCORD_TOKEN", TOKEN)
-    monkeypatch.setenv("DISCORD_API_BASE", unreachable_url + "/api/v10")
+    monkeypatch.setenv("DISCORD_API_BASE", gone.api_base)
 
     statuses = [(f.status, f.detail) for f in by_topic(diagnose(setup), "token")]
 
@@ -239,7 +179,7 @@ def test_a_database_from_a_newer_bot_fails(setup, tmp_path):
     (tmp_path / "data").mkdir()
     with sqlite3.connect(tmp_path / "data/jobs.sqlite3") as db:
         db.execute("CREATE TABLE jobs (state TEXT)")
-        db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+        db.execute(f"PRAGMA user_version = {latest_version() + 1}")
 
     (database_line,) = by_topic(diagnose(setup, offline=True), "database")
 
@@ -250,8 +190,8 @@ def test_a_good_database_is_described_and_left_unchanged(setup, tmp_path):
     path = tmp_path / "data/jobs.sqlite3"
 
     async def create_old_database() -> None:
-        store = await JobStore.open(path, migrations=MIGRATIONS[:1])
-        await store.close()
+        database = await Database.open(path, migrations=bot_migrations()[:1])
+        await database.close()
 
     asyncio.run(create_old_database())
     before = path.read_bytes()
@@ -259,11 +199,11 @@ def test_a_good_database_is_described_and_left_unchanged(setup, tmp_path):
     (database_line,) = by_topic(diagnose(setup, offline=True), "database")
 
     assert database_line.status == "OK" and "schema v1" in database_line.detail
-    assert f"migrates it to v{len(MIGRATIONS)} on start" in database_line.detail
+    assert f"migrates it to v{latest_version()} on start" in database_line.detail
     assert path.read_bytes() == before  # read-only: the doctor never migrates behind the bot's back
 
 
-# ---- config, gpu, device, and the command itself --------------------------------------------------------
+# ---- config, and the command itself --------------------------------------------------------------------
 
 
 def test_a_broken_config_fails_naming_the_key_and_the_other_checks_still_run(setup, monkeypatch):
@@ -279,33 +219,17 @@ def test_a_broken_config_fails_naming_the_key_and_the_other_checks_still_run(set
     assert {"python", "torch", "weights", "data dir", "token"} <= {f.topic for f in findings}
 
 
-def test_gpu_and_device_lines_tell_the_truth_about_this_machine(setup, monkeypatch):
-    findings = diagnose(setup, offline=True)
-
-    (gpu_line,) = by_topic(findings, "gpu")
-    if torch.cuda.is_available():
-        assert gpu_line.status == "OK" and torch.cuda.get_device_name(0) in gpu_line.detail
-    else:
-        assert gpu_line.status == "WARN" and "very slow" in gpu_line.detail and "--gpus all" in gpu_line.fix
-    assert by_topic(findings, "device")[0].status == "OK"
-
-    if not torch.cuda.is_available():
-        monkeypatch.setenv("BIGSLEEP_DEVICE", "cuda")
-        (device_line,) = by_topic(diagnose(setup, offline=True), "device")
-        assert device_line.status == "FAIL" and "'cuda'" in device_line.detail and 'device = "auto"' in device_line.fix
-
-
-def test_the_command_prints_each_problem_with_its_fix_and_exits_1(setup, tmp_path):
+def test_the_command_runs_without_a_token_and_reports_it_with_the_machines_checks(setup, tmp_path):
     environment = {key: value for key, value in os.environ.items() if not key.startswith(("BIGSLEEP_", "DISCORD_"))}
     environment |= {"BIGSLEEP_CACHE_DIR": str(tmp_path / "cache"), "BIGSLEEP_OFFLINE": "1"}
 
-    result = subprocess.run([sys.executable, "-m", "generator", "doctor", "--offline", "--config", str(setup)],
+    result = subprocess.run([sys.executable, "-m", "bot", "doctor", "--offline", "--config", str(setup)],
                             cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=180, check=False)
 
     assert result.returncode == 1, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    weights_at = next(i for i, line in enumerate(lines) if line.startswith("FAIL  weights"))
-    assert "clip/ViT-B-32.pt" in lines[weights_at] and "biggan-deep-128/pytorch_model.bin" in lines[weights_at]
-    assert "fix: run `bigsleep download`" in lines[weights_at + 1]
+    topics = [line.split()[1] for line in lines if line.startswith(("OK ", "WARN ", "FAIL "))]
+    assert topics == ["config", "python", "torch", "gpu", "device", "weights", "data", "database", "token"]
     assert any(line.startswith("FAIL  token") and "DISCORD_TOKEN is not set" in line for line in lines)
+    assert any(line.startswith("FAIL  weights") and "clip/ViT-B-32.pt" in line for line in lines)
     assert lines[-1].startswith("2 problems to fix") and "Traceback" not in result.stderr
