@@ -66,7 +66,8 @@ def run_doctor(config: Path | None, *, offline: bool) -> int:
 
 
 def point_discord_at(api_base: str | None, gateway_url: str | None) -> None:
-    """Use a Discord-compatible server (tests) instead of discord.com."""
+    """Use a Discord-compatible server (tests) instead of discord.com; main() has refused plain-text addresses
+    off this machine (DiscordConnection.cleartext_problems) before the token goes anywhere."""
     import discord.gateway
     import discord.http
     import yarl
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_doctor(args.config, offline=args.offline)  # reports every problem itself, a missing token too
 
     from bot.settings import (
+        CLEARTEXT_FIX,
         DiscordConnection,
         SettingsError,
         load_settings,
@@ -112,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     connection = DiscordConnection.from_env()
     if connection.token is None:
         print(NO_TOKEN_MESSAGE, file=sys.stderr)
+        return EXIT_CONFIG
+    if cleartext := connection.cleartext_problems():
+        for problem in cleartext:
+            print(f"{PROG}: {problem}; {CLEARTEXT_FIX}", file=sys.stderr)
         return EXIT_CONFIG
     try:
         settings = load_settings(args.config)

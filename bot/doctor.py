@@ -2,7 +2,8 @@
 
 The bot's checks (its configuration, data folder, job database, Discord token) with the machine's from
 `generator.doctor` (Python, torch, GPU, device, weights) between them, in the order an admin would fix things.
-Each line is OK, WARN or FAIL with a fix, as there. Never prints the Discord token or anything derived from it.
+Each line is OK, WARN or FAIL with a fix, as there. Never prints the Discord token or anything derived from it, and
+sends it only over TLS (or to this machine: a test server), never in plain text across a network.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from contextlib import closing
 from pathlib import Path
 
 from bot.database import latest_version
-from bot.settings import BotSettings, DiscordConnection, load_settings
+from bot.settings import CLEARTEXT_FIX, BotSettings, DiscordConnection, load_settings
 from generator.doctor import Finding, check_machine, check_settings, guarded
 
 DISCORD_API_BASE = "https://discord.com/api/v10"
@@ -144,10 +145,13 @@ def _check_token(environ: Mapping[str, str], *, offline: bool) -> list[Finding]:
                         f"set DISCORD_TOKEN in the bot's environment (never in a config file); get it from the {_PORTAL}")]
     token = connection.token.get_secret_value()
     shape_problem = _token_shape_problem(token)
-    if offline:
+    # The bot refuses to start with these too, so they fail offline as well.
+    cleartext = [Finding("FAIL", "token", f"{problem}, so it was not sent", CLEARTEXT_FIX)
+                 for problem in connection.cleartext_problems()]
+    if cleartext or offline:
         if shape_problem:
-            return [Finding("FAIL", "token", f"DISCORD_TOKEN is set, but {shape_problem}", f"copy the token again: {_PORTAL}")]
-        return [Finding("OK", "token", "DISCORD_TOKEN is set and shaped like a bot token (not checked with Discord: --offline)")]
+            return [*cleartext, Finding("FAIL", "token", f"DISCORD_TOKEN is set, but {shape_problem}", f"copy the token again: {_PORTAL}")]
+        return cleartext or [Finding("OK", "token", "DISCORD_TOKEN is set and shaped like a bot token (not checked with Discord: --offline)")]
     api_base = connection.api_base or DISCORD_API_BASE
     answer, detail = _ask_discord(token, api_base)
     if answer == "accepted":

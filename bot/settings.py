@@ -11,11 +11,13 @@ This module must stay free of torch and discord imports.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -186,3 +188,39 @@ class DiscordConnection:
             api_base=environ.get("DISCORD_API_BASE") or None,
             gateway_url=environ.get("DISCORD_GATEWAY_URL") or None,
         )
+
+    def cleartext_problems(self) -> list[str]:
+        """Why the token must not go to the addresses set (one line per variable); empty when it may."""
+        addresses = {"DISCORD_API_BASE": self.api_base, "DISCORD_GATEWAY_URL": self.gateway_url}
+        return [problem for variable, url in addresses.items() if url and (problem := cleartext_problem(variable, url))]
+
+
+CLEARTEXT_FIX = ("use an https:// address (wss:// for DISCORD_GATEWAY_URL), or unset it to use discord.com; plain "
+                 "http:// and ws:// are only for a server on this machine (localhost, 127.0.0.0/8, ::1)")
+
+
+def cleartext_problem(variable: str, url: str) -> str | None:
+    """Why the Discord token must not be sent to `url` (from `variable`), or None. TLS is needed for any address
+    but this machine's own: plain text to loopback (a test server) never crosses a network."""
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname
+    except ValueError:
+        return f"{variable} ({url}) is not a URL"
+    scheme = parts.scheme.lower()
+    if scheme in ("https", "wss") and host:
+        return None
+    if scheme in ("http", "ws") and _is_loopback(host):
+        return None
+    if scheme in ("http", "ws"):
+        return f"{variable} is plain {scheme}:// to another machine ({host}): the token would cross the network unencrypted"
+    return f"{variable} ({url}) is not an https:// address: the token may only be sent over TLS"
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

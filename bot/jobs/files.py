@@ -1,8 +1,9 @@
 """The bot's own copies of results under the data dir.
 
 Discord's attachment URLs are signed and expire, so /show, variations and the history read these files, never
-Discord. Paths handed to the store are relative to the data dir (the dir may move); files are written to a
-temporary name and renamed, so a crash never leaves half an image behind a path the store points at.
+Discord. Paths handed to the store are relative to the data dir (the dir may move). `write` is the one way the
+bot writes such a file (results, challenge entries): to a temporary name, synced to the disk, renamed, and the
+folder synced, so neither a crash nor a power cut leaves an empty or half image behind a path the store points at.
 """
 
 from __future__ import annotations
@@ -48,11 +49,22 @@ class ResultFiles:
         return self.data_dir.joinpath(*path.parts)
 
     def write(self, relative: str | PurePosixPath, data: bytes) -> None:
+        """Put `data` at `relative` durably: once this returns, a power cut leaves the whole file there; if it
+        raises, the file is as it was (absent, or its old bytes)."""
         target = self.absolute(relative)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        _make_folders_durably(target.parent)
         partial = target.with_name(target.name + ".partial")
-        partial.write_bytes(data)
-        os.replace(partial, target)
+        try:
+            with open(partial, "wb") as file:
+                file.write(data)
+                file.flush()
+                # Without this the rename can reach the disk before the bytes: after a power cut, an empty file.
+                os.fsync(file.fileno())
+            os.replace(partial, target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        _fsync_folder(target.parent)
 
     def read(self, relative: str | PurePosixPath) -> bytes:
         """The file's bytes; FileNotFoundError when it was deleted."""
@@ -60,3 +72,22 @@ class ResultFiles:
 
     def exists(self, relative: str | PurePosixPath | None) -> bool:
         return relative is not None and self.absolute(relative).is_file()
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the folder's entries (a rename, a new file or folder in it) survive a power cut."""
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _make_folders_durably(folder: Path) -> None:
+    missing = []
+    while not folder.is_dir():
+        missing.append(folder)
+        folder = folder.parent
+    for created in reversed(missing):
+        created.mkdir(exist_ok=True)
+        _fsync_folder(created.parent)

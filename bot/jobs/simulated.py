@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import struct
 import time
-import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 
 from generator.protocol import (
     JobCancelled,
@@ -32,12 +31,9 @@ from generator.wire import WorkerHealth, WorkerStateKeeper
 
 
 def solid_png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    rows = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def colour_for(prompt: str, seed: int) -> tuple[int, int, int]:

@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from doctor_helpers import by_topic, start_clean
 
 from bot.database import Database, bot_migrations, latest_version
 from bot.doctor import diagnose
+from bot.settings import cleartext_problem
 from generator.doctor import format_report
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -123,6 +125,50 @@ def test_when_discord_cannot_be_reached_the_token_is_only_checked_for_shape(setu
 
     assert statuses[0][0] == "OK" and "shaped like a bot token" in statuses[0][1]
     assert statuses[1][0] == "WARN" and "could not ask Discord" in statuses[1][1]
+
+
+@pytest.mark.parametrize("url", [
+    "https://discord.com/api/v10", "HTTPS://Discord.com/api/v10", "https://203.0.113.5:8443/api/v10", "wss://gateway.discord.gg",
+    "http://127.0.0.1:5000/api/v10", "http://127.8.9.10/api", "http://[::1]:8080/api/v10", "http://localhost/api/v10",
+    "http://LOCALHOST:80/api", "ws://127.0.0.1:5001/gateway", "ws://[::1]:5001",
+])
+def test_the_token_may_go_over_tls_anywhere_and_in_the_clear_only_to_this_machine(url):
+    assert cleartext_problem("DISCORD_API_BASE", url) is None
+
+
+@pytest.mark.parametrize("url", [
+    "http://example.invalid/api/v10", "http://discord.com/api/v10", "http://10.0.0.2/api", "http://[2001:db8::1]/api",
+    "http://127.0.0.1.example.com/api", "http://localhost.example.com/api", "http://127.0.0.1@evil.example/api",
+    "ws://gateway.example", "ftp://127.0.0.1/api", "discord.com/api/v10", "http://[::1/api",
+])
+def test_the_token_never_goes_in_the_clear_to_another_machine(url):
+    problem = cleartext_problem("DISCORD_API_BASE", url)
+    assert problem is not None and problem.startswith("DISCORD_API_BASE ")
+
+
+def test_a_plain_http_api_base_to_another_machine_fails_and_the_token_is_not_sent(setup, monkeypatch):
+    attempts = []
+    monkeypatch.setattr(urllib.request, "urlopen", lambda request, **kwargs: attempts.append(request.full_url))
+    monkeypatch.setenv("DISCORD_TOKEN", TOKEN)
+    monkeypatch.setenv("DISCORD_API_BASE", "http://example.invalid/api/v10")
+
+    findings = diagnose(setup)
+
+    assert attempts == []
+    (token_line,) = by_topic(findings, "token")
+    assert token_line.status == "FAIL"
+    assert "DISCORD_API_BASE" in token_line.detail and "unencrypted" in token_line.detail and "not sent" in token_line.detail
+    assert "https://" in token_line.fix
+    assert TOKEN not in format_report(findings)
+
+
+def test_a_plain_ws_gateway_to_another_machine_fails_even_offline(setup, monkeypatch):
+    monkeypatch.setenv("DISCORD_TOKEN", TOKEN)
+    monkeypatch.setenv("DISCORD_GATEWAY_URL", "ws://gateway.example/?v=10")
+
+    (token_line,) = by_topic(diagnose(setup, offline=True), "token")
+
+    assert token_line.status == "FAIL" and "DISCORD_GATEWAY_URL" in token_line.detail
 
 
 @pytest.mark.parametrize("token, complaint", [

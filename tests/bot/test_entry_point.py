@@ -89,3 +89,17 @@ def test_a_mistyped_variable_stops_the_start_with_one_line_naming_it(tmp_path):
     result = subprocess.run([str(BOT_SCRIPT)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["bigsleep-bot: unknown setting 'modles' (from BIGSLEEP_MODLES)"]
+
+
+@pytest.mark.parametrize("variable, url", [
+    ("DISCORD_API_BASE", "http://example.invalid/api/v10"),
+    ("DISCORD_GATEWAY_URL", "ws://example.invalid/?v=10"),
+])
+def test_a_plain_text_discord_address_off_this_machine_stops_the_start(tmp_path, variable, url):
+    env = bot_environment(None, tmp_path, DISCORD_TOKEN="x", **{variable: url})
+    result = subprocess.run([str(BOT_SCRIPT)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"bigsleep-bot: {variable} ") and "unencrypted" in line and "https://" in line
+    assert not (tmp_path / "jobs.sqlite3").exists()
+
