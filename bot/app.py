@@ -1,9 +1,11 @@
-"""The bot: a commands.Bot that owns the job store, the fair queue, the worker client and the progress messages.
+"""The bot: a commands.Bot, and the one place where the services of every feature are built and joined.
 
 Start-up (setup_hook, which runs at login, before the gateway connects; nothing here waits for the gateway):
-open the store, put jobs a previous process left running back at the front of the queue, rebuild the
-FairQueue from the store, start the dispatcher (which starts the worker in the background), register the
-commands and the restart-proof buttons, and re-show every waiting job's message. Shutdown (close) hands
+open the database, put jobs a previous process left running back at the front of the queue, rebuild the
+FairQueue from the store, build every service (moderation, challenges, progress messages, dispatcher,
+admission) with what each needs passed in, hand them to the cogs, register the restart-proof buttons, re-show
+every waiting job's message, and start the dispatcher (which starts the worker in the background). No cog
+wires another's hooks: what one feature asks of another is a constructor argument here. Shutdown (close) hands
 running jobs back to the queue before the connection closes.
 """
 
@@ -19,21 +21,28 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.challenges.buttons import ChallengeButton
 from bot.challenges.commands import ChallengesCog
+from bot.challenges.service import ChallengeService
+from bot.challenges.store import ChallengeStore
 from bot.database import Database
 from bot.health import HealthServer
+from bot.jobs.admission import Admission, ServerLimits
 from bot.jobs.buttons import JobButton
 from bot.jobs.commands import JobsCog
-from bot.jobs.dispatcher import Dispatcher, GenerationBackend, settings_from
+from bot.jobs.dispatcher import Dispatcher, DispatchSettings, settings_from
 from bot.jobs.fair_queue import FairQueue
 from bot.jobs.files import ResultFiles
 from bot.jobs.imagine import ImagineCog
+from bot.jobs.ports import GenerationBackend
 from bot.jobs.progress import ProgressMessages
+from bot.jobs.services import JobServices
 from bot.jobs.store import JobStore
 from bot.messages import NO_MENTIONS, reply_privately
 from bot.metrics import BotMetrics
 from bot.moderation.commands import ModerationCog
 from bot.moderation.service import ModerationService
+from bot.moderation.store import ModerationStore
 from bot.settings import BotSettings
 from generator.tokens import count_tokens
 
@@ -83,12 +92,17 @@ class BigSleepTree(app_commands.CommandTree):
 
 
 class BigSleepBot(commands.Bot):
+    # Built in setup_hook. Buttons, which discord.py creates from their custom_id, read the services they need
+    # from here (job_services, challenges); the rest is for health checks, metrics and tests.
     database: Database
     store: JobStore
     files: ResultFiles
     dispatcher: Dispatcher
     progress: ProgressMessages
     moderation: ModerationService
+    admission: Admission
+    job_services: JobServices
+    challenges: ChallengeService
 
     def __init__(
         self,
@@ -135,17 +149,7 @@ class BigSleepBot(commands.Bot):
         queued = await self.store.list_queued()
         dispatch_settings = settings_from(settings)
         queue = FairQueue.rebuild(queued, dispatch_settings.caps)
-        self.progress = ProgressMessages(self, self.store, settings.progress)
-        self.dispatcher = Dispatcher(
-            store=self.store,
-            queue=queue,
-            backend=self._backend_factory(settings),
-            files=self.files,
-            progress=self.progress,
-            settings=dispatch_settings,
-            recent_durations=await self.store.recent_durations(dispatch_settings.eta_history),
-            metrics=self.metrics,
-        )
+        await self._build_services(queue, dispatch_settings)
         self.metrics.attach(self.dispatcher, self)
         self._started_services = True
         if settings.health.enabled:
@@ -153,11 +157,12 @@ class BigSleepBot(commands.Bot):
             # and /healthz answers (503, "starting") while they load.
             self.health = HealthServer(self, settings.health)
             await self.health.start()
-        await self.add_cog(ImagineCog(self))
-        await self.add_cog(JobsCog(self))
-        await self.add_cog(ModerationCog(self))  # sets self.moderation; applies paused servers before dispatch
-        await self.add_cog(ChallengesCog(self, clock=self.clock))
-        self.add_dynamic_items(JobButton)
+        await self.add_cog(ImagineCog(self.job_services))
+        await self.add_cog(JobsCog(self.job_services))
+        await self.add_cog(ModerationCog(self, self.moderation, sizes=settings.worker.sizes))
+        await self.add_cog(ChallengesCog(self.challenges))
+        self.add_dynamic_items(JobButton, ChallengeButton)
+        await self.challenges.start()
         # CLIP's tokenizer takes a moment to load; load it now rather than during someone's first /imagine.
         await asyncio.to_thread(count_tokens, "warm up")
 
@@ -187,6 +192,61 @@ class BigSleepBot(commands.Bot):
             synced = await self.tree.sync(guild=guild)
             log.info("synced %d commands to server %s", len(synced), self._sync)
 
+    async def _build_services(self, queue: FairQueue, dispatch_settings: DispatchSettings) -> None:
+        """Every feature's services, each given what it needs from the others (as the protocols bot.jobs
+        declares): moderation's rules go to admission, the dispatcher's lane gate and the progress messages'
+        spoilers; challenges' button goes under results; moderation records what moderators do to jobs."""
+        settings = self.settings
+        self.moderation = moderation = ModerationService(
+            ModerationStore(self.database),
+            base_limits=ServerLimits.of_host(settings.limits),
+            global_banned_words=settings.limits.banned_words,
+            queue=queue,
+            # The dispatcher is built below; moderation only wakes it once the bot runs.
+            wake=lambda: self.dispatcher.wake(),
+        )
+        await moderation.load()  # applies paused servers to the queue before anything is dispatched
+        self.challenges = ChallengeService(
+            self,
+            ChallengeStore(self.database, clock=self.clock),
+            jobs=self.store,
+            files=self.files,
+            rules=moderation,
+            moderator_actions=moderation,
+            settings=settings.challenges,
+            clock=self.clock,
+        )
+        self.progress = ProgressMessages(
+            self,
+            self.store,
+            settings.progress,
+            spoiler_for=moderation.spoiler_for,
+            result_buttons=[self.challenges.submit_button_for],
+        )
+        self.dispatcher = Dispatcher(
+            store=self.store,
+            queue=queue,
+            backend=self._backend_factory(settings),
+            files=self.files,
+            progress=self.progress,
+            settings=dispatch_settings,
+            recent_durations=await self.store.recent_durations(dispatch_settings.eta_history),
+            metrics=self.metrics,
+            lane_gate=moderation.may_start,
+        )
+        self.admission = Admission(
+            self.dispatcher, moderation, sizes=settings.worker.sizes, max_cutouts=settings.limits.max_cutouts
+        )
+        self.job_services = JobServices(
+            store=self.store,
+            files=self.files,
+            dispatcher=self.dispatcher,
+            admission=self.admission,
+            progress=self.progress,
+            moderator_actions=moderation,
+            variations=settings.variations,
+        )
+
     async def _show_unshown_endings(self) -> None:
         """Jobs that ended while their message still showed progress (the bot stopped or crashed before the
         last change went out; or given up by recover_after_restart): show how they ended now."""
@@ -209,6 +269,7 @@ class BigSleepBot(commands.Bot):
             await health.stop()
         if self._started_services and not self._closed_services:
             self._closed_services = True
+            await self.challenges.stop()
             await self.dispatcher.stop()
             await self.progress.close()
         await super().close()

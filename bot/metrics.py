@@ -1,6 +1,6 @@
 """Prometheus metrics for one bot, in its own CollectorRegistry (several bots in one process never clash).
 
-What the bot counts as it happens (the dispatcher calls the `bot.jobs.dispatcher.JobMetrics` methods; Discord's HTTP answers come
+What the bot counts as it happens (the dispatcher calls the `bot.jobs.ports.JobMetrics` methods; Discord's HTTP answers come
 through an aiohttp trace on discord.py's session) and what is read at scrape time (queue lengths, jobs
 running, worker state), so no number here can drift from the thing it describes.
 
@@ -37,7 +37,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from bot.jobs.dispatcher import Dispatcher
-    from bot.jobs.store import Job
+    from bot.jobs.job import Job
 
 PREFIX = "bigsleep"
 # From an instant start to a long backlog on a busy server.

@@ -3,10 +3,8 @@
 The bot imports this module, so it must never import torch: the process that runs torch is started with the
 multiprocessing "spawn" method and only imports `generator.worker` inside itself.
 
-One worker process at a time owns the GPU. Each process (an "incarnation") gets its own pair of pipes, so a
-process that is killed mid-message can never leave a half-written message or a held lock behind for the next
-one. A reader thread per incarnation turns pipe messages into calls on the event loop; a writer thread sends,
-so a worker busy with a long step never blocks the event loop on a full pipe. A supervisor task watches for
+One worker process at a time owns the GPU. Spawning it, its pipes and the threads that read and write them are
+`generator.worker_process`'s; this module is the policy around them. A supervisor task watches for
 silence (a frozen process), steps that take too long (a hang) and starts that take too long, and kills such a
 worker; every case then follows the same path as any other death.
 
@@ -29,20 +27,11 @@ worker's configuration and its health are in `generator.wire`; `generator.protoc
 from __future__ import annotations
 
 import asyncio
-import importlib
 import itertools
 import logging
 import multiprocessing
-import queue
-import signal
-import sys
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from multiprocessing.connection import wait as wait_for_objects
-from multiprocessing.process import BaseProcess
 from typing import Any
 
 from generator.protocol import (
@@ -69,28 +58,13 @@ from generator.wire import (
     WorkerStateKeeper,
     WorkerStopped,
 )
+from generator.worker_process import WorkerProcess, describe_exit
 
 log = logging.getLogger("bigsleep.client")
-
-# How long a worker that closed its pipe may take to exit before it is killed.
-EXIT_GRACE_S = 10.0
 
 
 class WorkerStartError(RuntimeError):
     """The first worker could not be started (its models failed to load, it kept dying, or it was too slow)."""
-
-
-def _run_worker_process(config: WorkerConfig, requests: Connection, events: Connection) -> None:
-    """Entry point of the spawned process. Lives here, torch-free, so that starting it never imports torch here."""
-    if config.log_formatter is not None:
-        # Installed before serve() so that its own logging.basicConfig finds a handler and leaves it alone.
-        module_name, _, formatter_name = config.log_formatter.partition(":")
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(getattr(importlib.import_module(module_name), formatter_name)())
-        logging.basicConfig(level=config.log_level, handlers=[handler])
-    from generator.worker import serve
-
-    serve(config, requests, events)
 
 
 # ---- the client -------------------------------------------------------------------------------------------
@@ -129,31 +103,18 @@ class _Ticket:
         return self.request.job_id
 
 
-class _Incarnation:
-    """One worker process and everything that talks to it."""
+class _Incarnation(WorkerProcess):
+    """One worker process, and what the client knows of it."""
 
-    def __init__(self, number: int, process: BaseProcess, requests: Connection, events: Connection):
-        self.number = number
-        self.process = process
-        self.pid = process.pid
-        self.requests = requests
-        self.events = events
-        self.outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
         self.started_at = time.monotonic()
         self.last_heard = self.started_at
         # Last sign that held jobs are moving: a step or job event, or work arriving at an idle worker.
         self.last_progress = self.started_at
         self.ready: WorkerReady | None = None
         self.start_failure: str | None = None
-        # Set when we kill it on purpose (hang, silence, too slow to start), to say why.
-        self.death_reason: str | None = None
         self.exit_seen_at: float | None = None
-        self.gone = False
-        self.exited = asyncio.Event()
-        self.threads: list[threading.Thread] = []
-
-    def send(self, message: Any) -> None:
-        self.outbox.put(message)
 
 
 class GenerationClient:
@@ -300,18 +261,18 @@ class GenerationClient:
         if worker is not None and not worker.gone:
             if worker.ready is None:
                 # Still loading models: nothing to finish, and it would not read our request before it is done.
-                self._kill(worker, "stopped while starting")
+                worker.kill("stopped while starting")
             else:
                 worker.send(StopWorker())
             try:
                 await asyncio.wait_for(worker.exited.wait(), timeout)
             except TimeoutError:
-                self._kill(worker, f"it did not stop within {timeout:g} s")
+                worker.kill(f"it did not stop within {timeout:g} s")
                 await worker.exited.wait()
         for ticket in list(self._tickets.values()):
             self._finish(ticket, JobInterrupted(ticket.job_id))
         if worker is not None:
-            await self._join_threads(worker)
+            await worker.join_threads()
         self._state.set("stopped")
         self._stopped.set()
 
@@ -325,71 +286,17 @@ class GenerationClient:
             self._start_failed(f"no generation process could be created: {error}", certain_to_repeat=True)
 
     def _launch(self) -> None:
-        number = next(self._numbers)
-        worker_reads, client_writes = self._context.Pipe(duplex=False)
-        client_reads, worker_writes = self._context.Pipe(duplex=False)
-        process = self._context.Process(
-            target=_run_worker_process,
-            args=(self.config, worker_reads, worker_writes),
-            name=f"bigsleep-generator-{number}",
-            # multiprocessing terminates daemonic children when this interpreter exits, even without stop().
-            daemon=True,
+        worker = _Incarnation.spawn(
+            self._context,
+            self.config,
+            next(self._numbers),
+            loop=self._loop,
+            on_message=self._on_message,
+            on_exit=self._on_worker_gone,
         )
-        try:
-            process.start()
-        finally:
-            # The child has its own copies now (or there is no child). Closing ours is what makes the child's
-            # death show as end-of-pipe.
-            worker_reads.close()
-            worker_writes.close()
         self._processes_started += 1
-        worker = _Incarnation(number, process, client_writes, client_reads)
-        for target, role in ((self._read_events, "reader"), (self._write_requests, "writer")):
-            thread = threading.Thread(target=target, args=(worker,), name=f"bigsleep-generator-{number}-{role}", daemon=True)
-            worker.threads.append(thread)
-            thread.start()
         self._worker = worker
-        log.info("started generation process %d (pid %s)", number, process.pid)
-
-    def _read_events(self, worker: _Incarnation) -> None:
-        """Reader thread: blocking receives, handed to the event loop; on end of pipe, reaps the process."""
-        while True:
-            try:
-                message = worker.events.recv()
-            except (EOFError, OSError):
-                break
-            except Exception:  # a message that does not unpickle: this worker cannot be trusted any more
-                log.exception("unreadable message from generation process %d; killing it", worker.number)
-                worker.death_reason = "it sent an unreadable message"
-                worker.process.kill()
-                break
-            self._call_in_loop(self._on_message, worker, message)
-        worker.events.close()
-        # End of pipe means the process is gone (a death closes its pipes) or exiting after a clean stop; wait
-        # for it here, off the event loop.
-        worker.process.join(EXIT_GRACE_S)
-        if worker.process.exitcode is None:
-            worker.process.kill()
-            worker.process.join()
-        self._call_in_loop(self._on_worker_gone, worker, worker.process.exitcode)
-
-    def _write_requests(self, worker: _Incarnation) -> None:
-        """Writer thread: a worker in a long step reads nothing, and a full pipe must not block the event loop."""
-        while True:
-            message = worker.outbox.get()
-            if message is None:
-                break
-            try:
-                worker.requests.send(message)
-            except (OSError, ValueError):
-                break  # the worker is gone; the reader thread reports it
-        worker.requests.close()
-
-    def _call_in_loop(self, callback: Callable[..., None], *args: Any) -> None:
-        try:
-            self._loop.call_soon_threadsafe(callback, *args)
-        except RuntimeError:
-            pass  # the event loop is closed: nobody is left to tell
+        log.info("started generation process %d (pid %s)", worker.number, worker.pid)
 
     def _on_message(self, worker: _Incarnation, message: Any) -> None:
         if worker.gone or worker is not self._worker:
@@ -429,13 +336,8 @@ class GenerationClient:
             self._first_start.set_result(None)
 
     def _on_worker_gone(self, worker: _Incarnation, exit_code: int | None) -> None:
-        if worker.gone:
+        if not worker.mark_gone(exit_code):
             return
-        worker.gone = True
-        worker.send(None)  # ends the writer thread
-        worker.exited.set()
-        if exit_code is not None:
-            worker.process.close()  # the reader thread has reaped it; this frees its sentinel
         if worker is not self._worker:
             return
         held = [ticket for ticket in self._tickets.values() if ticket.worker is worker]
@@ -443,7 +345,7 @@ class GenerationClient:
             for ticket in held:
                 self._finish(ticket, JobInterrupted(ticket.job_id))
             return
-        reason = worker.death_reason or _describe_exit(exit_code)
+        reason = worker.death_reason or describe_exit(exit_code)
         if worker.ready is None:  # it held no job: jobs go to ready workers only
             cause = worker.start_failure or f"the generation process ended before it was ready ({reason})"
             self._start_failed(cause, certain_to_repeat=worker.start_failure is not None, number=worker.number)
@@ -498,7 +400,7 @@ class GenerationClient:
         if worker is None or worker.gone or worker.death_reason is not None:
             return
         now = time.monotonic()
-        if wait_for_objects([worker.process.sentinel], timeout=0):  # exited (without reaping it: the reader does)
+        if worker.has_exited():
             # Normally the reader thread reports an exit at once (end of pipe). If something else still holds
             # the pipe open, that never comes: go on without it.
             worker.exit_seen_at = worker.exit_seen_at or now
@@ -508,37 +410,20 @@ class GenerationClient:
         if worker.ready is None:
             # Loading can hold the GIL for long stretches (unpickling weights), so no heartbeat rule yet.
             if now - worker.started_at > config.startup_timeout_s:
-                self._kill(worker, f"it did not load its models within {config.startup_timeout_s:g} s")
+                worker.kill(f"it did not load its models within {config.startup_timeout_s:g} s")
         elif now - worker.last_heard > config.heartbeat_timeout_s:
-            self._kill(worker, f"it stopped answering for {now - worker.last_heard:.0f} s")
+            worker.kill(f"it stopped answering for {now - worker.last_heard:.0f} s")
         elif self._holds_jobs(worker) and now - worker.last_progress > config.hang_timeout_s:
-            self._kill(worker, f"a step hung: no progress for {now - worker.last_progress:.0f} s")
-
-    def _kill(self, worker: _Incarnation, reason: str) -> None:
-        if worker.gone:
-            return
-        log.error("killing generation process %d (pid %s): %s", worker.number, worker.pid, reason)
-        worker.death_reason = reason
-        try:
-            worker.process.kill()
-        except (OSError, ValueError):
-            pass  # already gone or reaped
-
-    async def _join_threads(self, worker: _Incarnation) -> None:
-        loop = asyncio.get_running_loop()
-        for thread in worker.threads:
-            await loop.run_in_executor(None, thread.join, 5.0)
+            worker.kill(f"a step hung: no progress for {now - worker.last_progress:.0f} s")
 
     # ---- jobs ---------------------------------------------------------------------------------------------
 
     def _reason_to_refuse(self, request: JobRequest) -> str | None:
+        # The spec's own ranges; a size the worker did not load is the worker's to refuse (it knows what it has).
         try:
             request.spec.validate()
         except SpecError as error:
             return str(error)
-        if request.spec.size not in self.config.sizes:
-            sizes = ", ".join(f"{size}" for size in sorted(self.config.sizes))
-            return f"This generator makes images of {sizes} pixels only, not {request.spec.size}."
         return None
 
     def _holds_jobs(self, worker: _Incarnation) -> bool:
@@ -558,13 +443,3 @@ class GenerationClient:
             del self._tickets[ticket.job_id]
             ticket.events.put_nowait(event)
 
-
-def _describe_exit(exit_code: int | None) -> str:
-    if exit_code is None:
-        return "it exited"
-    if exit_code < 0:
-        try:
-            return f"it was killed by {signal.Signals(-exit_code).name}"
-        except ValueError:
-            return f"it was killed by signal {-exit_code}"
-    return f"it exited with code {exit_code}"

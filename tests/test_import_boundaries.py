@@ -1,13 +1,16 @@
 """The system's shape, checked: the generator never loads the bot (nor discord), the Discord side never loads
-torch, the light generator modules stay light.
+torch, the light generator modules stay light, and the bot's features import one way only (README, "How it is
+built"): core <- jobs <- moderation, challenges, with bot.app joining them all.
 
 Each case imports modules in a fresh interpreter (this test process may already hold torch from other tests)
 and lists which of the forbidden top-level packages ended up in sys.modules. An import inside a function runs
-only when the function does, so the generator's source is also read for any import of the bot at all.
+only when the function does, so the generator's source is also read for any import of the bot at all, and the
+features' sources are read for every import statement they hold (TYPE_CHECKING blocks and functions included).
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
@@ -72,3 +75,48 @@ def test_no_generator_source_imports_the_bot():
         if importing_bot.search(line)
     ]
     assert offenders == [], "generator/ must not import bot/:\n" + "\n".join(offenders)
+
+
+# Which packages each feature of the bot must never import. Features meet through the protocols bot.jobs
+# defines (bot.jobs.ports, bot.jobs.admission) and are joined in bot.app, which none of them imports.
+FORBIDDEN_FEATURE_IMPORTS = {
+    "bot/jobs": ("bot.moderation", "bot.challenges", "bot.app"),
+    "bot/moderation": ("bot.challenges", "bot.app"),
+    "bot/challenges": ("bot.moderation", "bot.app"),
+}
+
+
+def imported_modules(source: str) -> set[str]:
+    """Every module an import statement anywhere in the source names (`from a import b` names a and a.b)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_imported_modules_sees_every_kind_of_import():
+    source = (
+        "import bot.jobs.store\nfrom bot import challenges\nfrom typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from bot.app import BigSleepBot\n"
+        "def later():\n    import bot.moderation.service as service\n"
+        "# import bot.challenges (a comment is no import)\n"
+    )
+    names = imported_modules(source)
+    assert {"bot.jobs.store", "bot.challenges", "bot.app", "bot.moderation.service"} <= names
+    assert "bot.challenges.commands" not in names
+
+
+@pytest.mark.parametrize("feature", sorted(FORBIDDEN_FEATURE_IMPORTS))
+def test_features_import_one_way_only(feature):
+    forbidden = FORBIDDEN_FEATURE_IMPORTS[feature]
+    offenders = [
+        f"{path.relative_to(REPO_ROOT)}: {name}"
+        for path in sorted((REPO_ROOT / feature).rglob("*.py"))
+        for name in sorted(imported_modules(path.read_text(encoding="utf-8")))
+        if any(name == package or name.startswith(f"{package}.") for package in forbidden)
+    ]
+    assert offenders == [], f"{feature} must not import {', '.join(forbidden)}:\n" + "\n".join(offenders)

@@ -17,11 +17,10 @@ from bot.jobs.buttons import CUSTOM_ID_PREFIX
 from bot.messages import NO_MENTIONS
 
 if TYPE_CHECKING:
-    from bot.challenges.commands import ChallengesCog
+    from bot.challenges.service import ChallengeService
 
 ACTIONS = ("vote", "unvote", "enter")
 _TEMPLATE = re.compile(rf"{CUSTOM_ID_PREFIX}:(?P<action>{'|'.join(ACTIONS)}):(?P<target>[0-9a-z]{{1,32}})")
-COG_NAME = "ChallengesCog"
 
 
 def vote_label(votes: int | None) -> str:
@@ -52,20 +51,21 @@ class ChallengeButton(discord.ui.DynamicItem[discord.ui.Button], template=_TEMPL
         return cls(match["action"], match["target"])
 
     async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
-        cog: ChallengesCog | None = interaction.client.get_cog(COG_NAME)  # type: ignore[attr-defined]
-        if cog is None or interaction.guild_id is None:
+        # The service built in BigSleepBot.setup_hook (discord.py makes this button from its custom_id alone).
+        challenges: ChallengeService = interaction.client.challenges  # type: ignore[attr-defined]
+        if interaction.guild_id is None:
             await interaction.response.send_message(
-                "Challenges are not available right now.", ephemeral=True, allowed_mentions=NO_MENTIONS
+                "Challenges are not available here.", ephemeral=True, allowed_mentions=NO_MENTIONS
             )
             return
         if self.action == "enter":
-            await cog.submit_from_button(interaction, self.target)
+            await challenges.enter(interaction, self.target)
         elif not self.target.isdigit():
             await interaction.response.send_message("This button is broken.", ephemeral=True, allowed_mentions=NO_MENTIONS)
         elif self.action == "vote":
-            await cog.vote(interaction, int(self.target))
+            await challenges.vote(interaction, int(self.target))
         else:
-            await cog.unvote(interaction, int(self.target))
+            await challenges.unvote(interaction, int(self.target))
 
 
 def entry_view(entry_id: int, votes: int | None) -> discord.ui.View:

@@ -11,21 +11,22 @@ from __future__ import annotations
 import logging
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import discord
 
 from bot.jobs.dispatcher import NotCancellable
+from bot.jobs.job import Job
 from bot.jobs.parsing import RANDOM_SEED_LIMIT
-from bot.jobs.queueing import queue_from_interaction
-from bot.jobs.store import Job, JobNotFound
+from bot.jobs.ports import Actor, ModeratorActions
+from bot.jobs.queueing import submit_and_answer
+from bot.jobs.store import JobNotFound
 from bot.messages import reply_privately
-from bot.moderation.service import Actor
 from bot.permissions import is_moderator
 
 if TYPE_CHECKING:
-    from bot.app import BigSleepBot
+    from bot.jobs.services import JobServices
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,8 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=_TEMPLATE):
         return cls(match["action"], match["job_id"])
 
     async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
-        bot: BigSleepBot = interaction.client  # type: ignore[assignment]
-        job = await bot.store.get(self.job_id)
+        services: JobServices = interaction.client.job_services  # type: ignore[attr-defined]
+        job = await services.store.get(self.job_id)
         if job is None:
             await reply_privately(interaction, f"Job `{self.job_id}` no longer exists.")
             return
@@ -70,7 +71,7 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=_TEMPLATE):
             "cancel": _cancel,
             "delete": _delete,
         }[self.action]
-        await handler(bot, interaction, job)
+        await handler(services, interaction, job)
 
 
 def job_view(job: Job, *actions: str) -> discord.ui.View:
@@ -85,14 +86,14 @@ def active_view(job: Job) -> discord.ui.View:
     return job_view(job, "cancel")
 
 
-# Buttons other features put under finished images (challenges: "Submit to challenge"). Each hook returns an
-# item for the job, or None for none.
-result_extras: list[Callable[[Job], discord.ui.Item[Any] | None]] = []
+# A button another feature puts under finished images (challenges: "Submit to challenge"): an item for the job,
+# or None for none. The bot hands the list to whatever shows results (bot.jobs.progress).
+ResultButton = Callable[[Job], "discord.ui.Item[Any] | None"]
 
 
-def result_view(job: Job) -> discord.ui.View:
+def result_view(job: Job, extra_buttons: Sequence[ResultButton] = ()) -> discord.ui.View:
     view = job_view(job, "reroll", "vary", "delete")
-    for extra in result_extras:
+    for extra in extra_buttons:
         item = extra(job)
         if item is not None:
             view.add_item(item)
@@ -109,12 +110,14 @@ def may_manage(interaction: discord.Interaction, job: Job) -> bool:
     return interaction.guild_id == job.guild_id and is_moderator(interaction)
 
 
-async def audit_if_moderating(bot: BigSleepBot, interaction: discord.Interaction, job: Job, action: str, after: Any) -> None:
+async def audit_if_moderating(
+    actions: ModeratorActions, interaction: discord.Interaction, job: Job, action: str, after: Any
+) -> None:
     """A moderator acting on someone else's job goes into the server's audit trail (see /modlog); a cancel
     gives the member's allowance back."""
     if interaction.user.id == job.user_id:
         return
-    await bot.moderation.record_job_action(job, Actor(interaction.user.id, interaction.user.display_name), action, after)
+    await actions.record_job_action(job, Actor(interaction.user.id, interaction.user.display_name), action, after)
 
 
 # ---- actions ----------------------------------------------------------------------------------------------
@@ -124,38 +127,39 @@ def _new_seed() -> int:
     return random.SystemRandom().randrange(RANDOM_SEED_LIMIT)
 
 
-async def _reroll(bot: BigSleepBot, interaction: discord.Interaction, job: Job) -> None:
+async def _reroll(services: JobServices, interaction: discord.Interaction, job: Job) -> None:
     steps = job.steps
     if job.kind == "variation" and job.parent_job_id:
         # A reroll of a variation is a fresh dream of the same prompt, at the full length of the original.
-        parent = await bot.store.get(job.parent_job_id)
+        parent = await services.store.get(job.parent_job_id)
         steps = parent.steps if parent is not None else steps
     # No starting latents, so no noise over them either.
     spec = job.spec.with_changes(seed=_new_seed(), steps=steps, init_noise=0.0)
-    await queue_from_interaction(interaction, spec, kind="reroll", parent_job_id=job.id)
+    await submit_and_answer(interaction, services.admission, services.progress, spec, kind="reroll", parent_job_id=job.id)
 
 
-async def _vary(bot: BigSleepBot, interaction: discord.Interaction, job: Job) -> None:
-    if job.state != "done" or not job.latents_path or not bot.files.exists(job.latents_path):
+async def _vary(services: JobServices, interaction: discord.Interaction, job: Job) -> None:
+    if job.state != "done" or not job.latents_path or not services.files.exists(job.latents_path):
         await reply_privately(interaction, f"Job `{job.id}` has no finished image to vary any more.")
         return
-    settings = bot.settings.variations
+    settings = services.variations
     spec = job.spec.with_changes(
         seed=_new_seed(),
         steps=max(1, round(job.steps * settings.steps_fraction)),
         init_noise=settings.noise,
     )
-    await queue_from_interaction(
-        interaction, spec, kind="variation", parent_job_id=job.id, init_latents_path=job.latents_path
+    await submit_and_answer(
+        interaction, services.admission, services.progress, spec,
+        kind="variation", parent_job_id=job.id, init_latents_path=job.latents_path,
     )
 
 
-async def _cancel(bot: BigSleepBot, interaction: discord.Interaction, job: Job) -> None:
+async def _cancel(services: JobServices, interaction: discord.Interaction, job: Job) -> None:
     if not may_manage(interaction, job):
         await reply_privately(interaction, "Only the person who asked for this image (or a moderator) can cancel it.")
         return
     try:
-        await bot.dispatcher.cancel(job.id)
+        await services.dispatcher.cancel(job.id)
     except NotCancellable as error:
         await reply_privately(interaction, str(error))
         return
@@ -163,16 +167,16 @@ async def _cancel(bot: BigSleepBot, interaction: discord.Interaction, job: Job) 
         await reply_privately(interaction, f"Job `{job.id}` no longer exists.")
         return
     # Audited before the answer, so whatever the moderator does next already sees it in /modlog.
-    await audit_if_moderating(bot, interaction, job, "cancel", {"state": "cancelled"})
+    await audit_if_moderating(services.moderator_actions, interaction, job, "cancel", {"state": "cancelled"})
     await reply_privately(interaction, f"Cancelled `{job.id}`.")
 
 
-async def _delete(bot: BigSleepBot, interaction: discord.Interaction, job: Job) -> None:
+async def _delete(services: JobServices, interaction: discord.Interaction, job: Job) -> None:
     if not may_manage(interaction, job):
         await reply_privately(interaction, "Only the person who asked for this image (or a moderator) can delete it.")
         return
-    await bot.store.delete_result(job.id, bot.files.data_dir)
-    await audit_if_moderating(bot, interaction, job, "delete", {"image": "deleted"})
+    await services.store.delete_result(job.id, services.files.data_dir)
+    await audit_if_moderating(services.moderator_actions, interaction, job, "delete", {"image": "deleted"})
     await reply_privately(interaction, f"Deleted the image of `{job.id}`.")
     if interaction.message is not None:
         try:

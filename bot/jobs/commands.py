@@ -3,43 +3,42 @@
 from __future__ import annotations
 
 import asyncio
-import io
-from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot.jobs import texts
-from bot.jobs.buttons import audit_if_moderating, may_manage, result_view
+from bot.jobs.buttons import audit_if_moderating, may_manage
 from bot.jobs.dispatcher import NotCancellable
-from bot.jobs.store import Job, JobNotFound
+from bot.jobs.job import Job
+from bot.jobs.services import JobServices
+from bot.jobs.store import JobNotFound
 from bot.messages import NO_MENTIONS, reply_privately, shorten
 from bot.permissions import is_moderator
-
-if TYPE_CHECKING:
-    from bot.app import BigSleepBot
 
 HISTORY_LENGTH = 10
 _AUTOCOMPLETE_CHOICES = 25
 
 
 class JobsCog(commands.Cog):
-    def __init__(self, bot: BigSleepBot) -> None:
-        self.bot = bot
+    def __init__(self, services: JobServices) -> None:
+        self.services = services
+        self.store = services.store
+        self.dispatcher = services.dispatcher
 
     # -- /queue --
 
     @app_commands.command(name="queue", description="Your jobs with their places in the queue, and what is running")
     @app_commands.guild_only()
     async def queue(self, interaction: discord.Interaction) -> None:
-        dispatcher = self.bot.dispatcher
+        dispatcher = self.dispatcher
         mine = []
-        for job in await self.bot.store.active_jobs(interaction.user.id):
+        for job in await self.store.active_jobs(interaction.user.id):
             position = dispatcher.position(job.id) if job.state == "queued" else None
             eta = dispatcher.estimate_wait(position) if position is not None else None
             mine.append((job, position, eta))
-        running = await self.bot.store.list_running()
+        running = await self.store.list_running()
         embed = texts.queue_embed(
             mine,
             total_queued=len(dispatcher.queue),
@@ -48,12 +47,12 @@ class JobsCog(commands.Cog):
         )
         if is_moderator(interaction) and interaction.guild_id is not None:
             # A moderator sees the whole server's queue, so they can find and cancel anyone's job.
-            server_jobs = await self.bot.store.guild_active_jobs(interaction.guild_id)
+            server_jobs = await self.store.guild_active_jobs(interaction.guild_id)
             texts.add_server_queue(
                 embed,
                 [(j, dispatcher.position(j.id) if j.state == "queued" else None) for j in server_jobs],
                 progress=dispatcher.in_flight_progress(),
-                paused=self.bot.moderation.settings(interaction.guild_id).paused,
+                paused=dispatcher.queue.is_paused(interaction.guild_id),
             )
         if not dispatcher.backend_ready:
             embed.set_footer(text="The generator is still starting; jobs wait until it is ready.")
@@ -67,7 +66,7 @@ class JobsCog(commands.Cog):
     async def cancel(self, interaction: discord.Interaction, job: str | None = None) -> None:
         target: Job | None
         if job is None:
-            active = await self.bot.store.active_jobs(interaction.user.id)
+            active = await self.store.active_jobs(interaction.user.id)
             if not active:
                 await reply_privately(interaction, "You have no waiting or running jobs.")
                 return
@@ -77,26 +76,26 @@ class JobsCog(commands.Cog):
                 return
             target = active[0]
         else:
-            target = await self.bot.store.get(job)
+            target = await self.store.get(job)
             if target is None or not may_manage(interaction, target):
                 # Someone else's job looks the same as no job, unless you moderate its server.
                 await reply_privately(interaction, f"You have no job `{shorten(job, 40)}`.")
                 return
         try:
-            cancelled = await self.bot.dispatcher.cancel(target.id)
+            cancelled = await self.dispatcher.cancel(target.id)
         except (NotCancellable, JobNotFound) as problem:
             await reply_privately(interaction, str(problem))
             return
         # Audited before the answer, so whatever the moderator does next already sees it in /modlog.
-        await audit_if_moderating(self.bot, interaction, target, "cancel", {"state": cancelled.state})
+        await audit_if_moderating(self.services.moderator_actions, interaction, target, "cancel", {"state": cancelled.state})
         await reply_privately(interaction, f"Cancelled `{cancelled.id}`.")
 
     @cancel.autocomplete("job")
     async def _cancel_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        active = await self.bot.store.active_jobs(interaction.user.id)
+        active = await self.store.active_jobs(interaction.user.id)
         if is_moderator(interaction) and interaction.guild_id is not None:
             mine = {job.id for job in active}
-            active += [j for j in await self.bot.store.guild_active_jobs(interaction.guild_id) if j.id not in mine]
+            active += [j for j in await self.store.guild_active_jobs(interaction.guild_id) if j.id not in mine]
         return self._choices(active, current)
 
     # -- /show --
@@ -105,41 +104,35 @@ class JobsCog(commands.Cog):
     @app_commands.guild_only()
     @app_commands.describe(job="The job id (see /history)")
     async def show(self, interaction: discord.Interaction, job: str) -> None:
-        found = await self.bot.store.get(job)
+        found = await self.store.get(job)
         if found is None or (found.user_id != interaction.user.id and found.guild_id != interaction.guild_id):
             await reply_privately(interaction, f"There is no job `{shorten(job, 40)}` here.")
             return
         if found.state != "done":
             await reply_privately(interaction, self._status_sentence(found))
             return
-        if not self.bot.files.exists(found.png_path):
+        files = self.services.files
+        if not files.exists(found.png_path):
             await reply_privately(interaction, f"The image of `{found.id}` was deleted.")
             return
         # Reading and uploading the file can take a moment; the thinking state keeps the interaction alive.
         await interaction.response.defer(thinking=True)
-        png = await asyncio.to_thread(self.bot.files.read, found.png_path)  # type: ignore[arg-type]
-        spoiler = self.bot.moderation.spoiler_for(found.guild_id)
-        name = texts.result_filename(found, spoiler=spoiler)
-        await interaction.followup.send(
-            texts.done_text(found),
-            embed=texts.result_embed(found, attachment_name=None if spoiler else name),
-            file=discord.File(io.BytesIO(png), filename=name),
-            view=result_view(found),
-            allowed_mentions=NO_MENTIONS,
-        )
+        png = await asyncio.to_thread(files.read, found.png_path)  # type: ignore[arg-type]
+        render = self.services.progress.result_render(found, png)
+        await interaction.followup.send(**render.message_kwargs(editing=False))
 
     @show.autocomplete("job")
     async def _show_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        recent = await self.bot.store.recent_jobs(interaction.user.id, limit=_AUTOCOMPLETE_CHOICES)
+        recent = await self.store.recent_jobs(interaction.user.id, limit=_AUTOCOMPLETE_CHOICES)
         return self._choices([j for j in recent if j.state == "done"], current)
 
     def _status_sentence(self, job: Job) -> str:
         if job.state == "queued":
-            position = self.bot.dispatcher.position(job.id)
+            position = self.dispatcher.position(job.id)
             where = f" at position {position}" if position else ""
             return f"Job `{job.id}` is still waiting{where}."
         if job.state == "running":
-            step, total = self.bot.dispatcher.in_flight_progress().get(job.id, (job.progress_step, job.steps))
+            step, total = self.dispatcher.in_flight_progress().get(job.id, (job.progress_step, job.steps))
             return f"Job `{job.id}` is generating ({int(100 * step / total) if total else 0}%)."
         if job.state == "failed":
             return f"Job `{job.id}` failed: {job.error or 'no reason recorded'}"
@@ -150,7 +143,7 @@ class JobsCog(commands.Cog):
     @app_commands.command(name="history", description="Your recent jobs")
     @app_commands.guild_only()
     async def history(self, interaction: discord.Interaction) -> None:
-        jobs = await self.bot.store.recent_jobs(interaction.user.id, limit=HISTORY_LENGTH)
+        jobs = await self.store.recent_jobs(interaction.user.id, limit=HISTORY_LENGTH)
         await interaction.response.send_message(
             embed=texts.history_embed(jobs), ephemeral=True, allowed_mentions=NO_MENTIONS
         )

@@ -11,8 +11,8 @@ run as an attempt (JobStore.mark_running counted it; `requeue(counts_as_attempt=
 other cases) and runs again alone: no two such jobs are in flight together, so a job that kills every worker
 fails by itself after `max_attempts` runs while the jobs that shared its worker finish.
 
-No discord imports here: progress reaches Discord through the `ProgressSink` the bot passes in, so the
-dispatcher can be driven by tests and benchmarks without a Discord connection.
+No discord imports here: progress reaches Discord through the `ProgressSink` the bot passes in (the ports are in
+bot.jobs.ports), so the dispatcher can be driven by tests and benchmarks without a Discord connection.
 """
 
 from __future__ import annotations
@@ -22,19 +22,18 @@ import contextlib
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from bot.jobs.fair_queue import FairQueue, JobRef, UserCaps, estimate_wait
+from bot.jobs.fair_queue import FairQueue, JobRef, LaneFilter, UserCaps, estimate_wait
 from bot.jobs.files import ResultFiles
-from bot.jobs.store import IllegalTransition, Job, JobKind, JobNotFound, JobStore
+from bot.jobs.job import Job, JobKind
+from bot.jobs.ports import GenerationBackend, JobMetrics, NoMetrics, ProgressSink, SilentProgress
+from bot.jobs.store import IllegalTransition, JobNotFound, JobStore
 from bot.locks import KeyedLocks
 from bot.logs import bind_job
 from generator.protocol import (
     DreamSpec,
     JobCancelled,
-    JobEvent,
     JobFailed,
     JobInterrupted,
     JobProgress,
@@ -49,99 +48,6 @@ CRASHED_REPEATEDLY = (
     "The image generator stopped {attempts} times while making this image, so it was given up. "
     "Other settings (fewer steps, cutouts or a smaller size) may work."
 )
-
-
-class GenerationBackend(Protocol):
-    """What the dispatcher needs from `generator.client.GenerationClient` (or a simulated stand-in)."""
-
-    async def start(self) -> None:
-        """Start the worker. May raise if the first start fails; the backend then keeps trying by itself, so
-        nobody starts or replaces it again (health() says how it goes)."""
-        ...
-
-    def health(self) -> WorkerHealth:
-        """A snapshot: whether it accepts jobs now, its restarts, why it is down. Cheap, never waits."""
-        ...
-
-    async def wait_until_accepting(self) -> None:
-        """Return once health().accepting_jobs holds (at once if it does now)."""
-        ...
-
-    def submit(self, request: JobRequest) -> AsyncIterator[JobEvent]:
-        """Events for one job, ending after a final one (JobResult/JobFailed/JobCancelled/JobInterrupted).
-        A job it cannot hand to a worker now ends at once with JobInterrupted."""
-        ...
-
-    async def cancel(self, job_id: str) -> object: ...
-
-    async def stop(self, timeout: float) -> None:
-        """Stop the worker; jobs still running end with JobInterrupted."""
-        ...
-
-
-class ProgressSink(Protocol):
-    """Where the dispatcher reports what happens to each job (the Discord messages, in the bot)."""
-
-    def waiting(self, job: Job, note: str = "") -> None: ...
-
-    def running(self, job: Job, step: int, total: int, snapshot_png: bytes | None) -> None: ...
-
-    def done(self, job: Job, png: bytes) -> None: ...
-
-    def failed(self, job: Job, reason: str) -> None: ...
-
-    def cancelled(self, job: Job) -> None: ...
-
-
-class SilentProgress:
-    """A ProgressSink that shows nothing (tests, tools)."""
-
-    def waiting(self, job: Job, note: str = "") -> None:
-        pass
-
-    def running(self, job: Job, step: int, total: int, snapshot_png: bytes | None) -> None:
-        pass
-
-    def done(self, job: Job, png: bytes) -> None:
-        pass
-
-    def failed(self, job: Job, reason: str) -> None:
-        pass
-
-    def cancelled(self, job: Job) -> None:
-        pass
-
-
-class JobMetrics(Protocol):
-    """Where the dispatcher counts what happens to jobs (bot.metrics.BotMetrics, in the bot)."""
-
-    def job_queued(self, job: Job) -> None: ...
-
-    def job_started(self, job: Job) -> None: ...
-
-    def job_finished(self, job: Job) -> None:
-        """The job reached done, failed or cancelled (job.state says which)."""
-        ...
-
-    def steps_done(self, count: int) -> None:
-        """`count` more optimisation steps were done (over all jobs)."""
-        ...
-
-
-class NoMetrics:
-    """A JobMetrics that counts nothing (tests, tools)."""
-
-    def job_queued(self, job: Job) -> None:
-        pass
-
-    def job_started(self, job: Job) -> None:
-        pass
-
-    def job_finished(self, job: Job) -> None:
-        pass
-
-    def steps_done(self, count: int) -> None:
-        pass
 
 
 class QueueFull(Exception):
@@ -187,6 +93,7 @@ class Dispatcher:
         settings: DispatchSettings | None = None,
         recent_durations: list[float] | None = None,
         metrics: JobMetrics | None = None,
+        lane_gate: LaneFilter | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -197,7 +104,7 @@ class Dispatcher:
         self.metrics: JobMetrics = metrics or NoMetrics()
         self._in_flight: dict[str, _InFlight] = {}
         # Per-server say over who may start (bot.moderation: a server's running cap); None lets everyone.
-        self.lane_gate: Callable[[int, int], bool] | None = None
+        self._lane_gate = lane_gate
         self._wake = asyncio.Event()
         self._stopping = False
         self._stop_requested = asyncio.Event()
@@ -287,7 +194,7 @@ class Dispatcher:
         def lane_may_start(guild_id: int, user_id: int) -> bool:
             if (guild_id, user_id) in held_back:
                 return False
-            return self.lane_gate is None or self.lane_gate(guild_id, user_id)
+            return self._lane_gate is None or self._lane_gate(guild_id, user_id)
 
         suspect_running = any(flight.suspect for flight in self._in_flight.values())
         while not self._stopping and len(self._in_flight) < self.settings.max_in_flight:
@@ -321,9 +228,9 @@ class Dispatcher:
     ) -> Job:
         """Store and queue a job, or raise QueueFull. The user's lock makes admit -> create -> push atomic."""
         async with self._user_lock(user_id):
-            admission = self.queue.admit(user_id, self.settings.caps)
-            if not admission:
-                raise QueueFull(admission.reason)
+            room = self.queue.admit(user_id, self.settings.caps)
+            if not room:
+                raise QueueFull(room.reason)
             job = await self.store.create_job(
                 guild_id=guild_id,
                 channel_id=channel_id,
@@ -561,16 +468,3 @@ def settings_from(bot_settings: object) -> DispatchSettings:
         default_job_seconds=queue.default_job_seconds,
     )
 
-
-__all__ = [
-    "DispatchSettings",
-    "Dispatcher",
-    "GenerationBackend",
-    "JobMetrics",
-    "NoMetrics",
-    "NotCancellable",
-    "ProgressSink",
-    "QueueFull",
-    "SilentProgress",
-    "settings_from",
-]

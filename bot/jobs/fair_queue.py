@@ -56,7 +56,7 @@ class JobRef:
 
     @classmethod
     def of(cls, job: _QueueableJob) -> JobRef:
-        """From a `bot.jobs.store.Job` (or anything with id, guild_id, user_id and seq)."""
+        """From a `bot.jobs.job.Job` (or anything with id, guild_id, user_id and seq)."""
         return cls(job_id=job.id, guild_id=job.guild_id, user_id=job.user_id, seq=job.seq)
 
 
@@ -69,7 +69,9 @@ class UserCaps:
 
 
 @dataclass(frozen=True)
-class Admission:
+class CapCheck:
+    """Whether a user may queue one more job (FairQueue.admit)."""
+
     allowed: bool
     # A sentence for the user when not allowed.
     reason: str = ""
@@ -144,7 +146,7 @@ class FairQueue:
 
     # -- caps --
 
-    def admit(self, user_id: int, caps: UserCaps | None = None) -> Admission:
+    def admit(self, user_id: int, caps: UserCaps | None = None) -> CapCheck:
         """May this user queue one more job? `caps` overrides the queue's defaults for this call.
 
         Only the waiting cap applies here: running jobs hold back dispatch, not queueing. Check and push
@@ -153,10 +155,10 @@ class FairQueue:
         caps = caps or self.caps
         waiting = self._user_queued[user_id]
         if waiting < caps.queued:
-            return Admission(True)
+            return CapCheck(True)
         if caps.queued <= 0:
-            return Admission(False, "You can't queue new jobs right now (your limit is 0).")
-        return Admission(
+            return CapCheck(False, "You can't queue new jobs right now (your limit is 0).")
+        return CapCheck(
             False,
             f"You already have {_plural(waiting, 'job')} waiting (the limit is {caps.queued}). "
             "Wait for one to finish or /cancel one.",

@@ -1,20 +1,17 @@
-"""`/imagine prompt:<text>`: validate, queue, answer with position and ETA."""
+"""`/imagine prompt:<text>`: options into a spec (bot.jobs.parsing), the spec through the one way in
+(bot.jobs.admission), and the outcome into the answer (bot.jobs.queueing)."""
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot.jobs.parsing import parse_imagine
-from bot.jobs.queueing import queue_from_interaction
+from bot.jobs.queueing import submit_and_answer
+from bot.jobs.services import JobServices
 from bot.messages import NO_MENTIONS
 from generator.protocol import ALLOWED_SIZES, MAX_STEPS, QUALITY_PRESETS, SpecError
-
-if TYPE_CHECKING:
-    from bot.app import BigSleepBot
 
 # Discord's integer options stop at 2**53 (JavaScript's safe integers); the seeds we pick are far below.
 MAX_TYPED_SEED = 2**53 - 1
@@ -28,8 +25,8 @@ _PRESET_HELP = {
 
 
 class ImagineCog(commands.Cog):
-    def __init__(self, bot: BigSleepBot) -> None:
-        self.bot = bot
+    def __init__(self, services: JobServices) -> None:
+        self.services = services
 
     @app_commands.command(name="imagine", description="Dream an image from a text prompt (BigGAN + CLIP)")
     @app_commands.guild_only()
@@ -55,10 +52,10 @@ class ImagineCog(commands.Cog):
         quality: str | None = None,
         size: int | None = None,
     ) -> None:
-        # The host's limits narrowed by this server's settings, and the host's banned words plus the server's.
-        moderation = self.bot.moderation
         assert interaction.guild_id is not None
+        admission = self.services.admission
         try:
+            # The server's defaults fill what the member left out; whether the spec may run here is admission's.
             spec = parse_imagine(
                 prompt,
                 negative=negative,
@@ -66,14 +63,9 @@ class ImagineCog(commands.Cog):
                 steps=steps,
                 quality=quality,
                 size=size,
-                limits=moderation.limits_for(interaction.guild_id),
-                banned_word=moderation.matcher_for(interaction.guild_id).find,
+                limits=admission.limits_for(interaction.guild_id),
             )
-            spec = spec.with_changes(cutouts=min(spec.cutouts, self.bot.settings.limits.max_cutouts))
-            sizes = self.bot.settings.worker.sizes
-            if spec.size not in sizes:
-                raise SpecError(f"This bot makes images of {', '.join(f'{s} px' for s in sizes)}; pick one of those.")
         except SpecError as problem:
             await interaction.response.send_message(str(problem), ephemeral=True, allowed_mentions=NO_MENTIONS)
             return
-        await queue_from_interaction(interaction, spec, kind="imagine")
+        await submit_and_answer(interaction, admission, self.services.progress, spec)

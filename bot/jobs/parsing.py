@@ -1,8 +1,11 @@
-"""Turn `/imagine` options into a validated DreamSpec before anything is queued.
+"""Turn `/imagine` options into a DreamSpec: text into numbers, a preset into its settings, the server's
+defaults into what a member left out.
 
-Every problem with what a user typed raises `SpecError` (or `PromptTooLong`, a subclass) whose message is one
-friendly sentence the bot can show as is (send it with mentions disabled: it may quote the user's text).
-Nothing else escapes for bad input; a bug in a hook passed in by the bot is not caught.
+Only input that makes no spec at all is refused here (text where a number belongs, an unknown preset or size,
+an over-long prompt, too many CLIP tokens): every problem raises `SpecError` (or `PromptTooLong`, a subclass)
+whose message is one friendly sentence the bot can show as is (send it with mentions disabled: it may quote
+the user's text). Nothing else escapes for bad input. Whether the spec may be made here (limits, sizes, banned
+words, quotas) is for `bot.jobs.admission`, which every way in shares.
 """
 
 from __future__ import annotations
@@ -10,9 +13,8 @@ from __future__ import annotations
 import random
 import re
 import unicodedata
-from collections.abc import Callable
-from dataclasses import dataclass
 
+from bot.jobs.admission import DEFAULT_MAX_PROMPT_CHARS, ServerLimits
 from generator.protocol import (
     ALLOWED_SIZES,
     MAX_SEED,
@@ -24,14 +26,11 @@ from generator.protocol import (
 )
 from generator.tokens import check_prompt_lengths
 
-DEFAULT_MAX_PROMPT_CHARS = 1000
 # Seeds we pick are below 2**32: short enough to read off an image and type back, still plenty of variety.
 RANDOM_SEED_LIMIT = 2**32
 # Texts this many times over the character cap are refused before any normalisation work at all.
 _HARD_LENGTH_FACTOR = 4
 _QUOTE_LIMIT = 40
-
-BannedWordCheck = Callable[[str], "str | None"]
 
 # CLIP's tokenizer turns these literal strings into its start/end markers; a prompt must not smuggle them in.
 _CLIP_MARKERS = re.compile(r"<\|(?:startoftext|endoftext)\|>", re.IGNORECASE)
@@ -44,32 +43,6 @@ class PromptTooLong(SpecError):
     """The prompt is longer than the character cap or CLIP's context."""
 
 
-@dataclass(frozen=True)
-class ServerLimits:
-    """What a server allows; defaults now, per-server settings later."""
-
-    max_steps: int = 1000
-    max_size: int = 512
-    default_steps: int = QUALITY_PRESETS["normal"]["steps"]
-    default_size: int = 256
-    max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
-    # Each `|`-separated piece is one more CLIP target; a handful is what anyone means.
-    max_prompt_parts: int = 8
-
-    def __post_init__(self) -> None:
-        # Misconfiguration is the operator's bug, not the user's: ValueError, not SpecError.
-        if not 1 <= self.max_steps <= MAX_STEPS:
-            raise ValueError(f"max_steps must be between 1 and {MAX_STEPS}")
-        if not 1 <= self.default_steps <= self.max_steps:
-            raise ValueError("default_steps must be between 1 and max_steps")
-        if self.max_size not in ALLOWED_SIZES or self.default_size not in ALLOWED_SIZES:
-            raise ValueError(f"sizes must be among {ALLOWED_SIZES}")
-        if self.default_size > self.max_size:
-            raise ValueError("default_size must not exceed max_size")
-        if self.max_prompt_chars < 1 or self.max_prompt_parts < 1:
-            raise ValueError("max_prompt_chars and max_prompt_parts must be positive")
-
-
 def parse_imagine(
     prompt: object,
     *,
@@ -79,14 +52,13 @@ def parse_imagine(
     quality: object = None,
     size: object = None,
     limits: ServerLimits | None = None,
-    banned_word: BannedWordCheck | None = None,
     rng: random.Random | None = None,
 ) -> DreamSpec:
-    """Validate /imagine options into a DreamSpec, or raise SpecError with a sentence for the user.
+    """/imagine options as a DreamSpec, or SpecError with a sentence for the user.
 
     Options take Discord's types (str, int) but also strings typed by hand. A quality preset sets steps,
-    cutouts and maybe size; explicit `steps`/`size` override it. `banned_word(text)` returns the offending
-    word or None; it sees the cleaned prompt (not the negative prompt, which only steers away from things).
+    cutouts and maybe size; explicit `steps`/`size` override it. `limits` gives the defaults for options left
+    out and the prompt's caps (characters, `|` pieces); its maxima are admission's to apply.
     """
     limits = limits or ServerLimits()
     clean_prompt = clean_text(prompt, "prompt", limits.max_prompt_chars)
@@ -98,28 +70,14 @@ def parse_imagine(
         raise SpecError(
             f"Use at most {limits.max_prompt_parts} prompts separated by “|” in total, not {parts}."
         )
-    if banned_word is not None:
-        offending = banned_word(clean_prompt)
-        if offending:
-            raise SpecError(f"Your prompt contains “{_quote(str(offending))}”, which this server does not allow.")
 
     settings = {**QUALITY_PRESETS["normal"], "steps": limits.default_steps, "size": limits.default_size}
     if quality is not None:
-        preset_name, preset = _preset(quality)
-        if preset["steps"] > limits.max_steps and steps is None:
-            raise SpecError(
-                f"The “{preset_name}” quality takes {preset['steps']} steps, but this server allows at most "
-                f"{limits.max_steps}; pick another quality or set fewer steps."
-            )
-        settings.update(preset)
+        settings.update(_preset(quality))
     if steps is not None:
-        settings["steps"] = _whole_number(steps, "The number of steps", 1, limits.max_steps)
+        settings["steps"] = _whole_number(steps, "The number of steps", 1, MAX_STEPS)
     if size is not None:
         settings["size"] = _size(size)
-    if settings["size"] > limits.max_size:
-        raise SpecError(
-            f"This server allows images up to {limits.max_size} pixels, and you asked for {settings['size']}."
-        )
     chosen_seed = (
         (rng or random.SystemRandom()).randrange(RANDOM_SEED_LIMIT)
         if seed is None
@@ -179,12 +137,12 @@ def _quote(text: str) -> str:
     return text if len(text) <= _QUOTE_LIMIT else text[: _QUOTE_LIMIT - 1] + "…"
 
 
-def _preset(name: object) -> tuple[str, dict[str, int]]:
+def _preset(name: object) -> dict[str, int]:
     key = name.strip().lower() if isinstance(name, str) else None
     if key is None or key not in QUALITY_PRESETS:
         shown = f"quality “{_quote(name)}”" if isinstance(name, str) and _quote(name) else "such quality"
         raise SpecError(f"There is no {shown}; choose one of {', '.join(QUALITY_PRESETS)}.")
-    return key, QUALITY_PRESETS[key]
+    return QUALITY_PRESETS[key]
 
 
 def _whole_number(value: object, what: str, low: int, high: int) -> int:

@@ -18,7 +18,7 @@ import io
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,8 +26,9 @@ import discord
 from asyncio_throttle import Throttler
 
 from bot.jobs import texts
-from bot.jobs.buttons import active_view, result_view
-from bot.jobs.store import Job, JobStore
+from bot.jobs.buttons import ResultButton, active_view, result_view
+from bot.jobs.job import Job
+from bot.jobs.store import JobStore
 from bot.logs import bind_job
 from bot.messages import NO_MENTIONS
 
@@ -107,20 +108,32 @@ class _Tracker:
 
 
 class ProgressMessages:
-    """The bot's ProgressSink (see bot.dispatcher): every method returns at once; Discord calls run behind."""
+    """The bot's ProgressSink (see bot.jobs.ports): every method returns at once; Discord calls run behind.
 
-    def __init__(self, client: discord.Client, store: JobStore, settings: ProgressSettings) -> None:
+    `spoiler_for(guild_id)` says whether a server wants its images behind spoilers (bot.moderation decides);
+    `result_buttons` are other features' buttons under finished images (bot.challenges: "Submit to challenge").
+    """
+
+    def __init__(
+        self,
+        client: discord.Client,
+        store: JobStore,
+        settings: ProgressSettings,
+        *,
+        spoiler_for: Callable[[int], bool] = lambda guild_id: False,
+        result_buttons: Sequence[ResultButton] = (),
+    ) -> None:
         self.client = client
         self.store = store
         self.settings = settings
+        self.spoiler_for = spoiler_for
+        self.result_buttons = tuple(result_buttons)
         self._trackers: dict[str, _Tracker] = {}
         # Jobs whose ending was shown lately: a late announce() must not post "(Waiting to start)" after it.
         self._recently_ended: OrderedDict[str, None] = OrderedDict()
         self._channel_budgets: dict[int, Throttler] = {}
         self._unreachable_until: dict[int, float] = {}
         self._closing = False
-        # Whether a server wants results behind spoilers (set by bot.moderation).
-        self.spoiler_for: Callable[[int], bool] = lambda guild_id: False
         poll = max(0.005, min(0.05, settings.edit_interval_seconds / 20))
         self._poll_interval = poll
 
@@ -141,19 +154,20 @@ class ProgressMessages:
         self._set(job, Render(texts.progress_text(job, step, total), file=file, view=active_view(job)))
 
     def done(self, job: Job, png: bytes) -> None:
+        self._set(job, self.result_render(job, png))
+
+    def result_render(self, job: Job, png: bytes) -> Render:
+        """A finished job's image with its card and buttons: its message's last state, and what /show posts."""
         spoiler = self.spoiler_for(job.guild_id)
         name = texts.result_filename(job, spoiler=spoiler)
-        self._set(
-            job,
-            Render(
-                texts.done_text(job),
-                # An embed shows its image unblurred, so a spoilered image stays a plain attachment.
-                embed=texts.result_embed(job, attachment_name=None if spoiler else name),
-                file=(name, png),
-                view=result_view(job),
-                final=True,
-                notify_owner_if_unreachable=True,
-            ),
+        return Render(
+            texts.done_text(job),
+            # An embed shows its image unblurred, so a spoilered image stays a plain attachment.
+            embed=texts.result_embed(job, attachment_name=None if spoiler else name),
+            file=(name, png),
+            view=result_view(job, self.result_buttons),
+            final=True,
+            notify_owner_if_unreachable=True,
         )
 
     def failed(self, job: Job, reason: str) -> None:

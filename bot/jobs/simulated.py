@@ -1,6 +1,6 @@
 """A stand-in for the generation worker that takes a fixed time per job, for benchmarks and bot tests.
 
-It speaks the same interface as `generator.client.GenerationClient` (`bot.jobs.dispatcher.GenerationBackend`:
+It speaks the same interface as `generator.client.GenerationClient` (`bot.jobs.ports.GenerationBackend`:
 start / health / wait_until_accepting / submit / cancel / stop) in-process, with no models: `benchmarks/bot_load.py`
 measures the bot with it, not the GPU. Results are small solid-colour PNGs whose colour is derived from the job's
 prompt and seed, so a test can tell results apart.

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 
 import discord
 
+from bot.jobs.admission import Admitted
 from bot.jobs.fair_queue import describe_wait
-from bot.jobs.store import Job
+from bot.jobs.job import Job
 from bot.messages import SPOILER_PREFIX, describe_seconds, quoted_prompt, shorten, when
 
 # Discord's limits: message content 2000, embed title 256, field value 1024, description 4096.
@@ -83,7 +84,9 @@ def result_embed(job: Job, *, attachment_name: str | None = None) -> discord.Emb
     return embed
 
 
-def queued_reply(job: Job, position: int | None, eta_seconds: float | None, *, unreachable: bool = False) -> str:
+def queued_reply(admitted: Admitted, *, unreachable: bool = False) -> str:
+    """The private answer to a queued job: its place and ETA, and the server's notes (paused, allowance left)."""
+    job, position, eta_seconds = admitted.job, admitted.position, admitted.eta_seconds
     place = f"position {position} in the queue" if position else "queued"
     eta = f", starting in {describe_wait(eta_seconds)}" if eta_seconds is not None else ""
     text = f"Queued `{job.id}`: {place}{eta}. I'll show progress in this channel."
@@ -92,6 +95,10 @@ def queued_reply(job: Job, position: int | None, eta_seconds: float | None, *, u
             f"Queued `{job.id}`: {place}{eta}. I can't post in this channel, so fetch the result with "
             f"`/show job:{job.id}` when it's done."
         )
+    if admitted.paused:
+        text += " This server's moderators have paused its queue: your job waits until they resume it."
+    if admitted.allowance:
+        text += f" {admitted.allowance}"
     return text
 
 

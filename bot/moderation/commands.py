@@ -10,33 +10,26 @@ why the quota rules live under `/settings quota` and `/quota` (everyone's own al
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Collection
+from typing import Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot import messages
-from bot.jobs.parsing import ServerLimits
+from bot.jobs.admission import size_not_offered
+from bot.jobs.ports import Actor
 from bot.messages import NO_MENTIONS, reply_privately
-from bot.moderation.quotas import (
-    LIMIT_LABELS,
-    LIMIT_NAMES,
-    Override,
-    QuotaStatus,
-    describe_window,
-)
-from bot.moderation.service import Actor, ModerationService
-from bot.moderation.stats import ServerStats, period_start, summarize
-from bot.moderation.store import ModAction, ModerationStore
+from bot.moderation.quotas import Override
+from bot.moderation.service import ModerationService
+from bot.moderation.stats import period_start, summarize
+from bot.moderation.store import ModAction
+from bot.moderation.texts import action_embed, fit_list, modlog_embed, quota_embed, settings_embed, stats_embed
 from bot.moderation.wordfilter import MAX_WORD_LENGTH, normalize_entry
 from bot.permissions import manages_server
 from generator.protocol import ALLOWED_SIZES, MAX_STEPS
-
-if TYPE_CHECKING:
-    from bot.app import BigSleepBot
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +37,6 @@ MANAGE_SERVER = discord.Permissions(manage_guild=True)
 MAX_WORDS_PER_SERVER = 500
 MAX_QUOTA = 10_000
 MODLOG_LENGTH = 15
-_MODLOG_DESCRIPTION_LIMIT = 4096
-_STATS_DAYS_SHOWN = 14
 # The families of moderator actions (the part before the dot of `quota.rules`, `job.cancel`, ...).
 MODLOG_ACTION_FAMILIES = ("settings", "queue", "quota", "words", "channels", "block", "unblock", "job")
 # "0" in a limit option: no limit (quotas) or the bot's default (steps, sizes).
@@ -69,158 +60,6 @@ class _ModeratorGroup(app_commands.Group):
 
 def _actor(interaction: discord.Interaction) -> Actor:
     return Actor(interaction.user.id, interaction.user.display_name)
-
-
-def _show(value: Any, none: str = "no limit") -> str:
-    if value is None:
-        return none
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def settings_embed(service: ModerationService, guild_id: int) -> discord.Embed:
-    settings = service.settings(guild_id)
-    limits: ServerLimits = service.limits_for(guild_id)
-    embed = discord.Embed(title="Server settings", colour=discord.Colour.dark_gold())
-    embed.add_field(name="Queue", value="⏸️ paused" if settings.paused else "running")
-    channels = service.allowed_channels(guild_id)
-    embed.add_field(name="/imagine allowed in", value=fit_list([f"<#{c}>" for c in sorted(channels)]) or "every channel")
-    embed.add_field(name="Spoiler by default", value=_show(settings.spoiler_by_default))
-    embed.add_field(name="Steps", value=f"default {limits.default_steps}, at most {limits.max_steps}")
-    embed.add_field(name="Size", value=f"default {limits.default_size} px, at most {limits.max_size} px")
-    embed.add_field(name="Log channel", value=f"<#{settings.log_channel_id}>" if settings.log_channel_id else "none")
-    rules = settings.rules
-    embed.add_field(
-        name="Quotas per member",
-        value="\n".join(f"{LIMIT_LABELS[name]}: {_show(getattr(rules, name))}" for name in LIMIT_NAMES),
-        inline=False,
-    )
-    budget = settings.budget
-    embed.add_field(
-        name="Server budget (24 h)",
-        value=f"jobs: {_show(budget.jobs_per_day)}\nGPU minutes: {_show(budget.gpu_minutes_per_day)}",
-    )
-    overrides = service.overrides(guild_id)
-    if overrides:
-        embed.add_field(name="Quota overrides", value=fit_list([_override_line(o) for o in overrides], "\n"), inline=False)
-    words = service.banned_words(guild_id)
-    embed.add_field(name="Banned words", value=f"{len(words)} (see `/settings words list`)")
-    blocked = service.blocked_members(guild_id)
-    embed.add_field(name="Blocked members", value=fit_list([f"<@{b.user_id}>" for b in blocked]) or "none")
-    return embed
-
-
-def fit_list(items: list[str], separator: str = ", ", *, limit: int = 1024) -> str:
-    """As many whole items as fit in `limit` characters (an embed field's), then how many more there are."""
-    count = length = 0
-    while count < len(items) and length + len(separator) * bool(count) + len(items[count]) <= limit:
-        length += len(separator) * bool(count) + len(items[count])
-        count += 1
-    while True:
-        text, rest = separator.join(items[:count]), len(items) - count
-        if rest:
-            text += f"{separator if count else ''}and {rest} more"
-        if len(text) <= limit:
-            return text
-        count -= 1
-
-
-def _override_line(override: Override) -> str:
-    who = f"<@{override.target_id}>" if override.target_kind == "member" else f"<@&{override.target_id}>"
-    if override.exempt:
-        return f"{who}: exempt"
-    parts = [f"{LIMIT_LABELS[name]} {_show(value)}" for name, value in override.limits.items()]
-    return f"{who}: " + (", ".join(parts) or "server rules")
-
-
-def action_embed(entry: ModAction) -> discord.Embed:
-    embed = discord.Embed(
-        title=f"Moderator action: {entry.action}",
-        colour=discord.Colour.dark_orange(),
-        timestamp=datetime.datetime.fromtimestamp(entry.at, datetime.UTC),
-    )
-    embed.add_field(name="By", value=f"<@{entry.moderator_id}>")
-    embed.add_field(name="On", value=messages.shorten(entry.target or "-", 1024))
-    embed.add_field(name="Before", value=messages.shorten(_describe_change(entry.before), 1024), inline=False)
-    embed.add_field(name="After", value=messages.shorten(_describe_change(entry.after), 1024), inline=False)
-    return embed
-
-
-def modlog_embed(entries: list[ModAction], *, page: int, more: bool) -> discord.Embed:
-    """One page of the audit trail. Every entry gets an equal share of the description's 4096 characters, so a
-    long one is cut short rather than pushing the others off the page."""
-    embed = discord.Embed(title="Moderator actions", colour=discord.Colour.dark_orange())
-    if not entries:
-        embed.description = "None yet." if page == 1 else f"No actions on page {page}; there are fewer."
-        return embed
-    share = _MODLOG_DESCRIPTION_LIMIT // len(entries) - 1
-    lines = []
-    for entry in entries:
-        change = messages.shorten(f"{_describe_change(entry.before)} → {_describe_change(entry.after)}", 300)
-        line = f"{messages.when(entry.at)} <@{entry.moderator_id}> **{entry.action}** {messages.shorten(entry.target, 150)}: {change}"
-        lines.append(messages.shorten(line, share))
-    embed.description = "\n".join(lines)
-    footer = f"Page {page}"
-    if more:
-        footer += f" · older: /modlog page:{page + 1}"
-    embed.set_footer(text=footer)
-    return embed
-
-
-def _describe_change(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, dict):
-        return ", ".join(f"{key}: {_show(item, 'none')}" for key, item in value.items()) or "-"
-    if isinstance(value, list):
-        return ", ".join(map(str, value)) or "(none)"
-    return str(value)
-
-
-def quota_embed(status: QuotaStatus, member: discord.abc.User, *, own: bool) -> discord.Embed:
-    now = status.now
-    whose = "Your" if own else f"{member.display_name}'s"
-    embed = discord.Embed(title=f"{whose} allowance on this server", colour=discord.Colour.teal())
-    limits = status.effective.limits
-    if status.effective.exempt:
-        embed.description = f"Exempt from per-member limits ({status.effective.source})."
-    else:
-        lines = [
-            describe_window(status.day, "in the last 24 h", now),
-            describe_window(status.hour, "in the last hour", now),
-            f"waiting now: {status.queued}" + (f" of {limits.max_queued}" if limits.max_queued is not None else ""),
-            f"generating now: {status.running}" + (f" of {limits.max_running}" if limits.max_running is not None else ""),
-        ]
-        embed.description = "\n".join(lines)
-        embed.set_footer(text=f"Limits from {status.effective.source}. Windows roll: a job counts for 24 h after it was made.")
-    server = [
-        describe_window(status.server_jobs, "jobs for the server", now),
-        describe_window(status.server_gpu, "GPU minutes for the server", now),
-    ]
-    embed.add_field(name="Server budget (24 h)", value="\n".join(server))
-    return embed
-
-
-def stats_embed(stats: ServerStats) -> discord.Embed:
-    period = "today (UTC)" if stats.days == 1 else f"the last {stats.days} days (UTC, today included)"
-    embed = discord.Embed(title=f"Usage {period}", colour=discord.Colour.blurple())
-    embed.add_field(name="Jobs", value=str(stats.jobs))
-    embed.add_field(name="GPU time", value=messages.describe_seconds(stats.gpu_seconds))
-    rate = stats.failure_rate
-    embed.add_field(name="Failure rate", value="-" if rate is None else f"{100 * rate:.1f}% ({stats.failed} of {stats.done + stats.failed})")
-    embed.add_field(name="Queue wait p50", value=messages.describe_seconds(stats.wait_p50))
-    embed.add_field(name="Queue wait p95", value=messages.describe_seconds(stats.wait_p95))
-    embed.add_field(name="Cancelled", value=str(stats.cancelled))
-    shown_days = stats.per_day[-_STATS_DAYS_SHOWN:]
-    per_day = "\n".join(f"{day.isoformat()}: {count}" for day, count in shown_days)
-    latest = "" if len(shown_days) == len(stats.per_day) else f", latest {len(shown_days)}"
-    embed.add_field(name=f"Jobs per day (UTC{latest})", value=per_day or "-", inline=False)
-    top = "\n".join(f"<@{user}> {count}" for user, _, count in stats.top_users)
-    embed.add_field(name="Top members", value=top or "-", inline=False)
-    return embed
 
 
 def _parse_words(text: str) -> list[str]:
@@ -316,10 +155,10 @@ class SettingsCommands(_ModeratorGroup):
             return f"This bot allows at most {base.max_steps} steps anywhere; pick {base.max_steps} or fewer."
         if merged["max_size"] is not None and merged["max_size"] > base.max_size:
             return f"This bot makes images up to {base.max_size} px; pick that or smaller."
-        sizes = self.cog.bot.settings.worker.sizes
         for key in ("default_size", "max_size"):
-            if merged[key] is not None and merged[key] not in sizes:
-                return f"This bot makes images of {', '.join(f'{s} px' for s in sizes)}; pick one of those."
+            not_offered = size_not_offered(merged[key], self.cog.sizes) if merged[key] is not None else None
+            if not_offered:
+                return not_offered
         max_steps = merged["max_steps"] or base.max_steps
         if merged["default_steps"] is not None and merged["default_steps"] > max_steps:
             return f"The default steps ({merged['default_steps']}) can't be more than the maximum ({max_steps})."
@@ -447,7 +286,7 @@ class SettingsCommands(_ModeratorGroup):
 
     @words.command(name="test", description="Would this prompt be refused here?")
     async def words_test(self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, 1000]) -> None:
-        found = self.service.matcher_for(interaction.guild_id).find(prompt)  # type: ignore[arg-type]
+        found = self.service.banned_word(interaction.guild_id, prompt)  # type: ignore[arg-type]
         await reply_privately(interaction, f"Refused: it matches “{found}”." if found else "Allowed: no banned word found.")
 
     # -- /settings quota --
@@ -528,36 +367,24 @@ class SettingsCommands(_ModeratorGroup):
 
 
 class ModerationCog(commands.Cog):
-    def __init__(self, bot: BigSleepBot) -> None:
+    """`service` is built in BigSleepBot.setup_hook (it is also the dispatcher's running cap, the progress
+    messages' spoiler setting and the jobs' admission rules); `sizes` are the sizes the worker makes."""
+
+    def __init__(self, bot: commands.Bot, service: ModerationService, *, sizes: Collection[int]) -> None:
         self.bot = bot
-        limits = bot.settings.limits
-        self.service = ModerationService(
-            ModerationStore(bot.database),
-            base_limits=ServerLimits(
-                max_steps=limits.max_steps,
-                max_size=limits.max_size,
-                default_steps=limits.default_steps,
-                default_size=limits.default_size,
-                max_prompt_chars=limits.max_prompt_chars,
-            ),
-            global_banned_words=limits.banned_words,
-            queue=bot.dispatcher.queue,
-            wake=bot.dispatcher.wake,
-        )
+        self.service = service
+        self.sizes = tuple(sizes)
         self.quota_commands = QuotaCommands(self)
         self.settings_commands = SettingsCommands(self)
         self._log_posts: set[asyncio.Task[None]] = set()
 
     async def cog_load(self) -> None:
-        await self.service.load()
-        self.bot.moderation = self.service
-        self.bot.dispatcher.lane_gate = self.service.may_start
-        self.bot.progress.spoiler_for = self.service.spoiler_for
         self.service.listeners.append(self._post_to_log_channel)
         self.bot.tree.add_command(self.quota_commands)
         self.bot.tree.add_command(self.settings_commands)
 
     async def cog_unload(self) -> None:
+        self.service.listeners.remove(self._post_to_log_channel)
         self.bot.tree.remove_command(self.quota_commands.name)
         self.bot.tree.remove_command(self.settings_commands.name)
 

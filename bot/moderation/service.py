@@ -1,6 +1,7 @@
-"""What the rest of the bot asks moderation: the one admission check every new job passes (/imagine, Reroll,
-Variations), the limits and word list of a server, its running cap for the dispatcher, and every change a
-moderator makes, each written to the audit trail.
+"""What the rest of the bot asks moderation: a server's rules for new jobs (it is the jobs feature's
+`AdmissionRules`: limits, banned words, blocks, channels, quotas), its running cap for the dispatcher
+(`may_start`), its spoiler setting, and every change a moderator makes, each written to the audit trail (it is
+the jobs feature's `ModeratorActions`, and what challenges ask: `ChallengeRules`).
 
 Settings, word lists, blocks and overrides are read from the store once at start and kept in memory (changes
 go through here, so the copy stays true); usage for quotas is counted from the store at each check.
@@ -10,13 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from bot.jobs.admission import Requester, ServerLimits
 from bot.jobs.fair_queue import FairQueue
-from bot.jobs.parsing import ServerLimits
-from bot.jobs.store import Job
-from bot.locks import KeyedLocks
+from bot.jobs.job import Job
+from bot.jobs.ports import Actor
 from bot.moderation.quotas import (
     DAY,
     Override,
@@ -33,21 +33,8 @@ from bot.moderation.store import (
     ModerationStore,
 )
 from bot.moderation.wordfilter import BannedWords
-from generator.protocol import DreamSpec
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Actor:
-    """The moderator doing something (for the audit trail)."""
-
-    id: int
-    name: str
-
-
-class Refused(Exception):
-    """The admission check said no; str() is the sentence for the member."""
 
 
 ActionListener = Callable[[ModAction], Awaitable[None]]
@@ -78,9 +65,6 @@ class ModerationService:
         # Role ids seen with each member's last job: the dispatcher's running cap needs them, and without the
         # members intent the bot only learns roles from interactions. Kept in the store, so a restart keeps them.
         self._roles_seen: dict[tuple[int, int], tuple[int, ...]] = {}
-        # One admission at a time per server: check and enqueue together, so two commands cannot both take
-        # the last job of a quota.
-        self.admission_lock = KeyedLocks()
 
     async def load(self) -> None:
         self._settings = {s.guild_id: s for s in await self.store.all_settings()}
@@ -169,12 +153,15 @@ class ModerationService:
         because = f" Reason: {block.reason}" if block.reason else ""
         return f"The moderators of this server have blocked you from using this bot here.{because}"
 
-    async def refusal(
-        self, *, guild_id: int, channel_id: int, user_id: int, role_ids: Collection[int], spec: DreamSpec
-    ) -> str | None:
-        """Why this member may not queue this job here, as a sentence for them; None when they may.
-        Hold `admission_lock(guild_id)` from this check until the job is stored."""
-        roles = tuple(sorted(role_ids))
+    def banned_word(self, guild_id: int, text: str) -> str | None:
+        """The banned word (the host's or the server's) the text contains, or None."""
+        return self.matcher_for(guild_id).find(text)
+
+    async def member_refusal(self, requester: Requester) -> str | None:
+        """Why this member may not make images here (blocked, or not in one of the allowed channels), as a
+        sentence for them; None when they may. It also notes the member's roles, for the running cap."""
+        guild_id, user_id = requester.guild_id, requester.user_id
+        roles = tuple(sorted(requester.role_ids))
         if self._roles_seen.get((guild_id, user_id)) != roles:
             self._roles_seen[(guild_id, user_id)] = roles
             await self.store.remember_roles(guild_id, user_id, roles)
@@ -182,22 +169,19 @@ class ModerationService:
         if blocked:
             return blocked
         allowed = self._allowed_channels.get(guild_id)
-        if allowed and channel_id not in allowed:
+        if allowed and requester.channel_id not in allowed:
             where = ", ".join(f"<#{c}>" for c in sorted(allowed)[:10])
             return f"Images can't be made in this channel on this server; try {where}."
-        offending = self.matcher_for(guild_id).find(spec.prompt)
-        if offending:
-            return f"Your prompt contains “{offending}”, which this server does not allow."
-        limits = self.limits_for(guild_id)
-        if spec.steps > limits.max_steps:
-            return f"This server allows at most {limits.max_steps} steps per image; this one would take {spec.steps}."
-        if spec.size > limits.max_size:
-            return f"This server allows images up to {limits.max_size} pixels; this one is {spec.size}."
-        return refusal(await self.quota_status(guild_id, user_id, role_ids))
+        return None
 
-    async def allowance_note(self, guild_id: int, user_id: int, role_ids: Collection[int]) -> str | None:
+    async def quota_refusal(self, requester: Requester) -> str | None:
+        """Why one more job would break the server's quotas, as a sentence for the member; None when it would not."""
+        return refusal(await self.quota_status(requester.guild_id, requester.user_id, requester.role_ids))
+
+    async def allowance_note(self, requester: Requester) -> str | None:
         """After a job was queued: what is left of the member's tightest job window, as one sentence
         ("You have 3 of 20 left in the last 24 h, oldest one back in 4 h."); None when no window limits them."""
+        guild_id, user_id, role_ids = requester.guild_id, requester.user_id, requester.role_ids
         effective = effective_limits(self.settings(guild_id).rules, self._overrides.get(guild_id, []), user_id, role_ids)
         if effective.exempt or (effective.limits.per_day is None and effective.limits.per_hour is None):
             return None

@@ -16,7 +16,7 @@ from fakediscord import FakeDiscord, Permission
 
 from bot.app import BigSleepBot
 from bot.database import Database
-from bot.jobs.dispatcher import GenerationBackend
+from bot.jobs.ports import GenerationBackend
 from bot.jobs.simulated import SimulatedGenerationClient
 from bot.jobs.store import JobStore
 from bot.settings import BotSettings, ProgressSettings, WorkerSettings

@@ -98,7 +98,7 @@ def dominant_colour(png: bytes) -> tuple[int, int, int]:
 
 async def test_a_full_challenge_from_start_to_results(fake_discord, people, start_challenge_bot, clock):
     bot = await start_challenge_bot()
-    cog = bot.get_cog("ChallengesCog")
+    cog = bot.challenges
     alice_job, _ = await finished_job(fake_discord, people.channel, people.alice, "a lighthouse in a storm")
     alice_second, _ = await finished_job(fake_discord, people.channel, people.alice, "a lighthouse in the fog")
 
@@ -193,7 +193,7 @@ async def test_a_full_challenge_from_start_to_results(fake_discord, people, star
 
 async def test_withdrawing_an_entry(fake_discord, people, start_challenge_bot):
     bot = await start_challenge_bot()
-    cog = bot.get_cog("ChallengesCog")
+    cog = bot.challenges
     job_id, _ = await finished_job(fake_discord, people.channel, people.alice, "a lighthouse")
     other_job, _ = await finished_job(fake_discord, people.channel, people.alice, "another lighthouse")
     await start_challenge(fake_discord, people)
@@ -239,8 +239,8 @@ async def test_a_deadline_that_passes_while_the_bot_is_stopped_fires_on_the_next
     results = await fake_discord.wait_for_message(people.channel, lambda m: "has ended" in m.content, timeout=15)
     assert "1st" in str(results.embeds) and f"<@{people.alice.id}>" in str(results.embeds)
     assert len([m for m in fake_discord.messages_in(people.channel) if "has ended" in m.content]) == 1
-    await asyncio.wait_for(bot.get_cog("ChallengesCog").scheduler.wait_fired(1), 10)
-    assert (await bot.get_cog("ChallengesCog").store.get(1)).state == "ended"
+    await asyncio.wait_for(bot.challenges.scheduler.wait_fired(1), 10)
+    assert (await bot.challenges.store.get(1)).state == "ended"
 
 
 async def test_an_ending_interrupted_by_a_stop_is_finished_once_on_the_next_start(
@@ -252,7 +252,7 @@ async def test_an_ending_interrupted_by_a_stop_is_finished_once_on_the_next_star
     job_id, _ = await finished_job(fake_discord, people.channel, people.alice, "a lighthouse")
     await start_challenge(fake_discord, people, duration="1h")
     await submit(fake_discord, people, people.alice, job_id)
-    cog = first.get_cog("ChallengesCog")
+    cog = first.challenges
     await cog.store.begin_closing(1)  # as if the bot stopped right after voting closed
     await bot_runner.stop(first)
 
@@ -261,13 +261,13 @@ async def test_an_ending_interrupted_by_a_stop_is_finished_once_on_the_next_star
     await bot_runner.start(second)
 
     await fake_discord.wait_for_message(people.channel, lambda m: "has ended" in m.content, timeout=15)
-    await asyncio.wait_for(second.get_cog("ChallengesCog").scheduler.wait_fired(1), 10)
-    assert (await second.get_cog("ChallengesCog").store.get(1)).state == "ended"
+    await asyncio.wait_for(second.challenges.scheduler.wait_fired(1), 10)
+    assert (await second.challenges.store.get(1)).state == "ended"
 
 
 async def test_moderators_end_or_cancel_early_and_members_cannot(fake_discord, people, start_challenge_bot):
     bot = await start_challenge_bot()
-    cog = bot.get_cog("ChallengesCog")
+    cog = bot.challenges
     await start_challenge(fake_discord, people)
     assert "already has a challenge" in await start_challenge(fake_discord, people)
     assert "Manage Server" in await answer(await fake_discord.invoke_command(people.channel, people.alice, "challenge end"))
@@ -313,7 +313,7 @@ async def test_vote_buttons_work_after_a_restart(fake_discord, people, bot_runne
     bot = await bot_runner.start(second)
 
     assert "is in" in await vote(fake_discord, people.bob, entry_message(fake_discord, people.channel, 1))
-    assert (await bot.get_cog("ChallengesCog").store.entries(1))[0].votes == 1
+    assert (await bot.challenges.store.entries(1))[0].votes == 1
 
 
 
@@ -327,7 +327,7 @@ async def test_the_contact_sheet_shrinks_to_the_servers_upload_limit(fake_discor
         assert "is in" in await submit(fake_discord, people, member, job_id)
 
     clock.advance(3600)
-    bot.get_cog("ChallengesCog").scheduler.wake()
+    bot.challenges.scheduler.wake()
     results = await fake_discord.wait_for_message(people.channel, lambda m: "has ended" in m.content, timeout=15)
 
     sheet = results.attachments[0]
@@ -344,7 +344,7 @@ async def test_a_challenge_channel_the_bot_cannot_post_in_starts_nothing(fake_di
     said = await start_challenge(fake_discord, people, channel=closed)
 
     assert "can't post" in said and "did not start" in said
-    cog = bot.get_cog("ChallengesCog")
+    cog = bot.challenges
     assert await cog.store.running(people.guild.id) is None and people.guild.id not in cog.running_guilds
     assert "Challenge #" in await start_challenge(fake_discord, people)
 
@@ -368,7 +368,7 @@ async def test_only_the_members_own_finished_jobs_of_this_server_can_be_entered(
     assert "no finished image" in await submit(fake_discord, people, people.alice, failed_job)
     assert "only your own" in await submit(fake_discord, people, people.alice, bob_job)
     assert "only your own" in await submit(fake_discord, people, people.alice, "zzzzzzzz")
-    assert await bot.get_cog("ChallengesCog").store.entries(1) == []
+    assert await bot.challenges.store.entries(1) == []
     assert "entry #1" in await submit(fake_discord, people, people.alice, here_job)
 
 
@@ -385,7 +385,7 @@ async def test_a_member_blocked_by_moderators_can_neither_enter_nor_vote(fake_di
     assert "blocked you" in await submit(fake_discord, people, people.bob, bob_job)
     entry = entry_message(fake_discord, people.channel, 1)
     assert "blocked you" in await vote(fake_discord, people.bob, entry)
-    cog = bot.get_cog("ChallengesCog")
+    cog = bot.challenges
     assert [e.user_id for e in await cog.store.entries(1)] == [people.alice.id]
     assert (await cog.store.entries(1))[0].votes == 0
     # Others are not affected.
@@ -400,7 +400,7 @@ async def test_after_the_deadline_nothing_is_accepted_even_before_the_scheduler_
     await start_challenge(fake_discord, people, duration="1h")
     bob_job, bob_result = await finished_job(fake_discord, people.channel, people.bob, "bob's lighthouse")
     assert "entry #1" in await submit(fake_discord, people, people.alice, alice_job)
-    cog = bot.get_cog("ChallengesCog")
+    cog = bot.challenges
 
     clock.advance(3600)  # the deadline, to the second; the scheduler has not been woken
 
@@ -428,7 +428,7 @@ async def test_a_challenge_whose_channel_was_deleted_still_ends_and_is_archived(
     fake_discord.delete_channel(arena)
 
     clock.advance(3600)
-    cog = bot.get_cog("ChallengesCog")
+    cog = bot.challenges
     cog.scheduler.wake()
     await asyncio.wait_for(cog.scheduler.wait_fired(1), 10)
 
@@ -460,7 +460,7 @@ async def test_themes_cannot_ping_or_format_and_results_ping_only_the_winners(
     await vote(fake_discord, people.bob, entry_message(fake_discord, people.channel, 1))
 
     clock.advance(3600)
-    bot.get_cog("ChallengesCog").scheduler.wake()
+    bot.challenges.scheduler.wake()
     results = await fake_discord.wait_for_message(people.channel, lambda m: "has ended" in m.content, timeout=15)
 
     assert results.mentioned_user_ids == [people.alice.id]
@@ -483,7 +483,7 @@ async def test_a_server_that_spoilers_its_images_gets_spoilered_entries_and_cont
     assert [a.filename for a in posted.attachments] == ["SPOILER_entry-1.png"]
     assert all("image" not in embed for embed in posted.embeds)  # an embed would show it unblurred
     clock.advance(3600)
-    bot.get_cog("ChallengesCog").scheduler.wake()
+    bot.challenges.scheduler.wake()
     results = await fake_discord.wait_for_message(people.channel, lambda m: "has ended" in m.content, timeout=15)
     assert [a.filename for a in results.attachments] == ["SPOILER_contact-sheet.jpg"]
     assert all("image" not in embed for embed in results.embeds)
@@ -499,7 +499,7 @@ async def test_results_still_go_out_when_the_upload_limit_fell_during_the_challe
     fake_discord.attachment_size_limit = 2000  # the server lost its boosts: even a tiny sheet is too big now
 
     clock.advance(3600)
-    cog = bot.get_cog("ChallengesCog")
+    cog = bot.challenges
     cog.scheduler.wake()
     await asyncio.wait_for(cog.scheduler.wait_fired(1), 10)
 
@@ -531,7 +531,7 @@ async def test_a_count_shown_late_never_brings_the_vote_button_back(fake_discord
     await start_challenge(fake_discord, people, hide_votes=False, duration="1h")
     await submit(fake_discord, people, people.alice, job_id)
     posted = entry_message(fake_discord, people.channel, 1)
-    cog = bot.get_cog("ChallengesCog")
+    cog = bot.challenges
     # What a vote's follow-up holds if it was pressed just before the deadline: the challenge as it was then.
     stale_challenge = await cog.store.get(1)
     (stale_entry,) = await cog.store.entries(1)
@@ -542,6 +542,6 @@ async def test_a_count_shown_late_never_brings_the_vote_button_back(fake_discord
     await fake_discord.wait_for_message_update(posted, lambda m: not m.buttons())
     edits = posted.edit_count
 
-    await cog._show_count(stale_challenge, stale_entry)
+    await cog.show_count(stale_challenge, stale_entry)
 
     assert posted.buttons() == [] and posted.edit_count == edits

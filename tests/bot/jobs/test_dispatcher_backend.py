@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bot.jobs.dispatcher import CRASHED_REPEATEDLY, Dispatcher, DispatchSettings, SilentProgress
+from bot.jobs.dispatcher import CRASHED_REPEATEDLY, Dispatcher, DispatchSettings
 from bot.jobs.fair_queue import FairQueue
 from bot.jobs.files import ResultFiles
+from bot.jobs.job import Job
+from bot.jobs.ports import SilentProgress
 from bot.jobs.simulated import SimulatedGenerationClient
-from bot.jobs.store import Job, JobStore
+from bot.jobs.store import JobStore
 from generator.protocol import DreamSpec, JobEvent, JobInterrupted, JobRequest
 
 pytestmark = pytest.mark.timeout(30)

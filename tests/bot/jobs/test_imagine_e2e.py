@@ -237,7 +237,9 @@ async def test_a_channel_deleted_mid_job_does_not_lose_the_job(fake_discord, wor
         ({"prompt": "a " * 90 + "cat"}, "CLIP tokens"),
         ({"prompt": "   "}, "empty"),
         ({"prompt": "a cat", "steps": 2000}, "at most 1,000"),
-        ({"prompt": "a gory cat scene with gore"}, "does not allow"),
+        ({"prompt": "a gory cat scene with gore"}, "Your prompt contains “gore”, which this server does not allow."),
+        # The negative prompt is posted too (under "Avoiding"), so it passes the same check.
+        ({"prompt": "a calm lake", "negative": "gore"}, "Your negative prompt contains “gore”, which this server does not allow."),
         ({"prompt": "a cat", "size": 512}, "128 px, 256 px"),
     ],
 )

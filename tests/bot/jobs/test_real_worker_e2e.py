@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from worker_faults import START_FAULTS_VARIABLE, start_faults
 
 from bot.database import Database
-from bot.jobs.dispatcher import GenerationBackend
+from bot.jobs.ports import GenerationBackend
 from bot.jobs.store import JobStore
 from generator.client import GenerationClient
 from generator.protocol import JobRequest

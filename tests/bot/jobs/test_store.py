@@ -12,15 +12,8 @@ import pytest
 
 from bot.database import Database, Migration, SchemaTooNew, bot_migrations, latest_version, migrate, schema_version
 from bot.jobs.fair_queue import FairQueue
-from bot.jobs.store import (
-    JOB_ID_ALPHABET,
-    JOB_ID_LENGTH,
-    IllegalTransition,
-    Job,
-    JobNotFound,
-    JobStore,
-    StoreError,
-)
+from bot.jobs.job import JOB_ID_ALPHABET, JOB_ID_LENGTH, Job
+from bot.jobs.store import IllegalTransition, JobNotFound, JobStore, StoreError
 from generator.protocol import DreamSpec
 
 if TYPE_CHECKING:

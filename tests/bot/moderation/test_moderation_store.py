@@ -4,11 +4,12 @@ reopen, and the per-server running cap the dispatcher asks about."""
 from __future__ import annotations
 
 from bot.database import Database
+from bot.jobs.admission import Requester, ServerLimits
 from bot.jobs.fair_queue import FairQueue, JobRef
-from bot.jobs.parsing import ServerLimits
+from bot.jobs.ports import Actor
 from bot.jobs.store import JobStore
 from bot.moderation.quotas import DAY, Override
-from bot.moderation.service import Actor, ModerationService
+from bot.moderation.service import ModerationService
 from bot.moderation.store import ModerationStore
 from generator.protocol import DreamSpec
 
@@ -126,8 +127,7 @@ async def test_a_role_overrides_running_cap_holds_after_a_restart_before_the_mem
         await service.set_override(GUILD, MOD, kind="role", target_id=7, target_name="vip",
                                    override=Override("role", 7, limits={"max_running": 2}))
         # Alice queues with the vip role: the admission check is where the bot sees her roles.
-        assert await service.refusal(guild_id=GUILD, channel_id=1, user_id=ALICE, role_ids=[7],
-                                     spec=DreamSpec("a lake", seed=1)) is None
+        assert await service.member_refusal(Requester(GUILD, 1, ALICE, role_ids=(7,))) is None
 
     async with Database.open(db_path) as database:
         queue = FairQueue()

@@ -6,9 +6,10 @@ import datetime
 
 import pytest
 
-from bot.moderation.commands import MODLOG_LENGTH, action_embed, fit_list, modlog_embed
+from bot.moderation.commands import MODLOG_LENGTH
 from bot.moderation.stats import percentile, period_start, summarize
 from bot.moderation.store import ModAction, StatsRow
+from bot.moderation.texts import action_embed, fit_list, modlog_embed
 
 # 2025-06-15 12:00 UTC
 NOW = datetime.datetime(2025, 6, 15, 12, tzinfo=datetime.UTC).timestamp()
