@@ -44,6 +44,7 @@ from bot.moderation.commands import ModerationCog
 from bot.moderation.service import ModerationService
 from bot.moderation.store import ModerationStore
 from bot.settings import BotSettings
+from bot.sharding import IdentifyPacer
 from generator.tokens import count_tokens
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,16 @@ class BigSleepTree(app_commands.CommandTree):
 
 
 class BigSleepBot(commands.Bot):
+    """One gateway connection (discord.py's Bot). With settings.discord.shards "auto" or above 1, constructing a
+    BigSleepBot gives a ShardedBigSleepBot instead, so every caller (the entry point, tests, benchmarks) gets
+    sharding from the settings alone. A single shard keeps the plain Bot: its connection, reconnects and
+    errors stay exactly as they were, where AutoShardedClient handles each of them its own way."""
+
+    def __new__(cls, settings: BotSettings, *args: Any, **kwargs: Any) -> BigSleepBot:
+        if cls is BigSleepBot and settings.discord.sharded:
+            cls = ShardedBigSleepBot
+        return super().__new__(cls)
+
     # Built in setup_hook. Buttons, which discord.py creates from their custom_id, read the services they need
     # from here (job_services, challenges); the rest is for health checks, metrics and tests.
     database: Database
@@ -276,3 +287,38 @@ class BigSleepBot(commands.Bot):
         if self._started_services and self._closed_services and getattr(self, "database", None) is not None:
             database, self.database = self.database, None  # type: ignore[assignment]
             await database.close()
+
+
+class ShardedBigSleepBot(BigSleepBot, commands.AutoShardedBot):
+    """The bot over several gateway connections (discord.py's AutoShardedBot), one process still. Everything
+    else works unchanged: messages go out over REST, which needs no shard, and interactions arrive on whichever
+    shard owns their server. The shards IDENTIFY as fast as Discord's max_concurrency allows (bot.sharding)."""
+
+    def __init__(self, settings: BotSettings, **options: Any) -> None:
+        # None (shards = "auto"): discord.py asks GET /gateway/bot how many Discord recommends.
+        options.setdefault("shard_count", settings.discord.shard_count)
+        super().__init__(settings, **options)
+        self.identify_pacer = IdentifyPacer()
+        self._max_concurrency: int | None = None
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        await self.identify_pacer.wait_turn(shard_id or 0, await self._identify_concurrency())
+
+    async def launch_shard(self, gateway: Any, shard_id: int, *, initial: bool = False) -> None:
+        # discord.py 2.7 retries a shard that failed to connect every 5 s, and never asks whether the bot was
+        # closed meanwhile: a stop while shards were still connecting (waiting for their IDENTIFY turn) would
+        # keep the bot from ever stopping. Its retry calls this method again.
+        if not self.is_closed():
+            await super().launch_shard(gateway, shard_id, initial=initial)
+
+    async def _identify_concurrency(self) -> int:
+        """max_concurrency of GET /gateway/bot, asked once; 1 (one IDENTIFY per 5 s, always allowed) when the
+        answer does not come."""
+        if self._max_concurrency is None:
+            try:
+                _, _, limits = await self.http.get_bot_gateway()
+                self._max_concurrency = max(1, int(limits["max_concurrency"]))
+            except (discord.GatewayNotFound, discord.HTTPException, OSError, KeyError, TypeError, ValueError) as error:
+                log.warning("cannot read max_concurrency from Discord (%s): shards identify 5 s apart", error)
+                return 1
+        return self._max_concurrency

@@ -2,7 +2,8 @@
 
 /healthz answers 200 when all three hold, else 503, always with a JSON body saying what was checked; its
 "status" is "ok", "starting" (only the first worker is still loading its models) or "unhealthy":
-  discord    the gateway is connected and the bot is ready (with the heartbeat latency)
+  discord    the gateway is connected and the bot is ready (with the heartbeat latency); a sharded bot lists
+             each shard's connection and latency, and is healthy only while every shard is connected
   worker     the generation worker takes jobs (one still loading its models counts as down); the body has the
              worker's state, restarts and, while it is down, why (and when it tries again)
   database   the job database can take its write lock, and the data folder accepts a file write
@@ -25,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
+
+from bot.sharding import shard_states
 
 if TYPE_CHECKING:
     from bot.app import BigSleepBot
@@ -108,12 +111,19 @@ class HealthServer:
 
     def discord_check(self) -> Check:
         bot = self.bot
-        ws = getattr(bot, "ws", None)
-        connected = bot.is_ready() and not bot.is_closed() and ws is not None and ws.open
-        latency = bot.latency
+        shards = shard_states(bot)
+        if shards is None:
+            ws = getattr(bot, "ws", None)
+            gateway_open = ws is not None and ws.open
+        else:
+            gateway_open = bool(shards) and all(shard.connected for shard in shards)
+        connected = bot.is_ready() and not bot.is_closed() and gateway_open
+        latency = bot.latency  # a sharded bot's is the mean over its shards
         details: dict[str, Any] = {"connected": connected}
         if math.isfinite(latency):
             details["latency_seconds"] = round(latency, 3)
+        if shards is not None:
+            details["shards"] = [shard.details() for shard in shards]
         return Check(connected, details)
 
     def worker_check(self) -> Check:

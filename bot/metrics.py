@@ -18,7 +18,9 @@ Metric names (all prefixed `bigsleep_`):
                                            start (the worker client's own count: one per process)
   discord_api_errors_total{status,code}    Discord REST answers >= 400, by HTTP status and Discord's JSON code
                                            (429s included, even those discord.py retried by itself)
-  discord_gateway_latency_seconds          the last heartbeat's round trip
+  discord_gateway_latency_seconds          the last heartbeat's round trip (a sharded bot: the mean over shards)
+  discord_shard_up{shard}                  1 while that shard's gateway connection is open (sharded bots only)
+  discord_shard_latency_seconds{shard}     that shard's last heartbeat round trip (sharded bots only)
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from bot.sharding import shard_states
 
 if TYPE_CHECKING:
     from bot.jobs.dispatcher import Dispatcher
@@ -176,6 +180,12 @@ class _LiveState(Collector):
             f"{PREFIX}_steps_per_second", f"Optimisation steps per second over the last {STEPS_WINDOW_SECONDS:g} s."
         )
         latency = GaugeMetricFamily(f"{PREFIX}_discord_gateway_latency_seconds", "The last gateway heartbeat's round trip.")
+        shard_up = GaugeMetricFamily(
+            f"{PREFIX}_discord_shard_up", "1 while the shard's gateway connection is open.", labels=["shard"]
+        )
+        shard_latency = GaugeMetricFamily(
+            f"{PREFIX}_discord_shard_latency_seconds", "The shard's last gateway heartbeat round trip.", labels=["shard"]
+        )
         if dispatcher is not None:
             for guild_id, length in sorted(dispatcher.queue.guild_lengths().items()):
                 queue_length.add_metric([str(guild_id)], length)
@@ -187,7 +197,11 @@ class _LiveState(Collector):
         # Infinite or NaN until the first heartbeat comes back: no sample rather than a misleading one.
         if client is not None and math.isfinite(getattr(client, "latency", math.nan)):
             latency.add_metric([], client.latency)
-        return [queue_length, running, worker_up, restarts, steps_per_second, latency]
+        for shard in shard_states(client) or ():
+            shard_up.add_metric([str(shard.id)], 1.0 if shard.connected else 0.0)
+            if math.isfinite(shard.latency):
+                shard_latency.add_metric([str(shard.id)], shard.latency)
+        return [queue_length, running, worker_up, restarts, steps_per_second, latency, shard_up, shard_latency]
 
 
 __all__ = ["BotMetrics", "StepRate"]

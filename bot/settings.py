@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from generator import settings as generator_settings
@@ -126,6 +126,35 @@ class HealthSettings(_Section):
     port: int = Field(default=8080, ge=0, le=65535)
 
 
+class DiscordSettings(_Section):
+    # Gateway connections (shards): 1, "auto" (as many as Discord recommends for the bot's server count), or a number.
+    # Discord requires sharding from 2,500 servers; discord.py suggests it from about 1,000.
+    shards: int | Literal["auto"] = 1
+
+    @field_validator("shards", mode="before")
+    @classmethod
+    def _auto_or_a_count(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text == "auto":
+                return "auto"
+            if text.isascii() and text.isdigit():
+                value = int(text)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        raise ValueError('must be "auto" or a whole number of shards, 1 or more')
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the bot runs several gateway connections (discord.py's AutoShardedClient)."""
+        return self.shards == "auto" or self.shards > 1
+
+    @property
+    def shard_count(self) -> int | None:
+        """discord.py's shard_count: None asks Discord (GET /gateway/bot) for its recommendation."""
+        return None if self.shards == "auto" else self.shards
+
+
 class BotSettings(GeneratorSettings):
     """Everything configurable except the Discord token and the test-only Discord URLs (see DiscordConnection).
 
@@ -146,6 +175,7 @@ class BotSettings(GeneratorSettings):
     variations: VariationSettings = VariationSettings()
     health: HealthSettings = HealthSettings()
     challenges: ChallengeSettings = ChallengeSettings()
+    discord: DiscordSettings = DiscordSettings()
 
     @model_validator(mode="after")
     def _sizes_cover_limits(self) -> BotSettings:

@@ -249,3 +249,36 @@ def test_the_bots_settings_include_the_generators_each_key_declared_once() -> No
     assert set(WorkerSettings.__annotations__) & set(GeneratorWorkerSettings.model_fields) == set()
     defaults = BotSettings()
     assert defaults.worker.model_dump(include=set(GeneratorWorkerSettings.model_fields)) == GeneratorWorkerSettings().model_dump()
+
+
+@pytest.mark.parametrize("written, shards, shard_count", [
+    ("", 1, 1),
+    ('[discord]\nshards = "auto"\n', "auto", None),
+    ("[discord]\nshards = 4\n", 4, 4),
+])
+def test_discord_shards_is_one_auto_or_a_count(config_dir: Path, written: str, shards: object, shard_count: int | None) -> None:
+    (config_dir / "default.toml").write_text(written)
+
+    discord = load_settings().discord
+
+    assert (discord.shards, discord.shard_count, discord.sharded) == (shards, shard_count, shards != 1)
+
+
+def test_discord_shards_from_the_environment(config_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BIGSLEEP_DISCORD__SHARDS", "auto")
+    assert load_settings().discord.shards == "auto"
+    monkeypatch.setenv("BIGSLEEP_DISCORD__SHARDS", "3")
+    assert load_settings().discord.shards == 3
+
+
+@pytest.mark.parametrize("value", ["0", "-2", '"many"', "1.5", "true", "[2]"])
+def test_a_shard_count_that_is_neither_auto_nor_a_whole_number_is_refused(
+    config_dir: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    (config_dir / "default.toml").write_text(f"[discord]\nshards = {value}\n")
+
+    with pytest.raises(SettingsError) as problem:
+        load_settings()
+
+    assert re.fullmatch(r"setting 'discord\.shards' \(in .*default\.toml\): .*must be \"auto\" or a whole number of shards, "
+                        r"1 or more.*", str(problem.value)), str(problem.value)
