@@ -232,6 +232,8 @@ class BigSleepBot(commands.Bot):
             self.store,
             settings.progress,
             spoiler_for=moderation.spoiler_for,
+            # The dispatcher is built below; the kind is read as each message is made.
+            models_kind=lambda: self.dispatcher.worker_health().models_kind,
             result_buttons=[self.challenges.submit_button_for],
         )
         self.dispatcher = Dispatcher(

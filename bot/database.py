@@ -25,6 +25,8 @@ from typing import Any
 
 import aiosqlite
 
+# How long a write waits for another process's write lock before SQLite gives up ("database is locked").
+BUSY_TIMEOUT_MS = 5000
 # bot/: each feature folder below it may have a migrations/ folder.
 FEATURES_DIR = Path(__file__).resolve().parent
 MIGRATION_NAME = re.compile(r"V(?P<version>[0-9]+)__(?P<name>[^/]+)\.sql")
@@ -190,7 +192,7 @@ class Database:
         connection = await aiosqlite.connect(str(path), isolation_level=None)
         try:
             # First, so that a second process opening the same file waits instead of failing.
-            await connection.execute("PRAGMA busy_timeout = 5000")
+            await connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             # WAL lets readers (backup scripts, a future web gallery) work while the bot writes.
             await connection.execute("PRAGMA journal_mode = WAL")
             await connection.execute("PRAGMA synchronous = NORMAL")
@@ -239,12 +241,18 @@ class Database:
             row = await cursor.fetchone()
         return str(row[0]) if row else ""
 
-    async def check_writable(self) -> None:
+    async def check_writable(self, timeout: float) -> None:
         """Take the database's write lock and give it back at once; raises when the bot could not write (a
-        read-only database, or another process holding the lock past the busy timeout). For health checks."""
+        read-only database, or another process holding the write lock for `timeout` seconds). For health checks,
+        which must answer within their own time: the check waits for another process's lock only `timeout` (not
+        the bot's own busy timeout), so it holds the shared connection no longer than that."""
         async with self._lock:
-            await self._connection.execute("BEGIN IMMEDIATE")
-            await self._connection.rollback()
+            await self._connection.execute(f"PRAGMA busy_timeout = {max(1, round(timeout * 1000))}")
+            try:
+                await self._connection.execute("BEGIN IMMEDIATE")
+                await self._connection.rollback()
+            finally:
+                await self._connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
 
 class _OpeningDatabase:

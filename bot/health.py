@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 # A database that takes longer than this to hand over its write lock counts as not writable.
 DATABASE_CHECK_TIMEOUT = 3.0
+# Of that, how long the check waits for a write lock another process holds: the rest is for the bot's own
+# transaction to end, and the disk write.
+_LOCK_WAIT_SHARE = 0.5
 PROBE_FILE_NAME = ".healthcheck"
 
 
@@ -163,7 +166,7 @@ class HealthServer:
         return Check(True, {"writable": True})
 
     async def _probe_database(self, database: Any) -> None:
-        await database.check_writable()
+        await database.check_writable(timeout=DATABASE_CHECK_TIMEOUT * _LOCK_WAIT_SHARE)
         # The write lock says nothing about the disk: a full or read-only file system fails here.
         await asyncio.to_thread(_write_probe_file, Path(self.bot.settings.data_dir) / PROBE_FILE_NAME)
 

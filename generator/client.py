@@ -47,6 +47,7 @@ from generator.protocol import (
 )
 from generator.wire import (
     CancelJob,
+    EarlyCancels,
     Heartbeat,
     StepDone,
     StopWorker,
@@ -129,6 +130,8 @@ class GenerationClient:
         self._context = multiprocessing.get_context("spawn")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tickets: dict[str, _Ticket] = {}
+        # Cancels of jobs not submitted (yet): one submitted after its cancel ends at once, never sent.
+        self._early_cancels = EarlyCancels()
         self._worker: _Incarnation | None = None
         self._numbers = itertools.count(1)
         self._state = WorkerStateKeeper()
@@ -181,8 +184,9 @@ class GenerationClient:
         """Hand a job to the worker now; its events (progress..., then one final event) come from the returned
         iterator.
 
-        A job whose spec is out of range or of a size the worker did not load ends at once with JobFailed; one
-        submitted while no worker is ready (see health().accepting_jobs) ends at once with JobInterrupted.
+        A job cancelled before it was submitted ends at once with JobCancelled; one whose spec is out of range
+        or of a size the worker did not load ends at once with JobFailed; one submitted while no worker is ready
+        (see health().accepting_jobs) ends at once with JobInterrupted.
         """
         if self._state.state in ("not started", "stopping", "stopped"):
             raise RuntimeError(f"cannot submit jobs: the generation client is {self._state.state}")
@@ -191,7 +195,9 @@ class GenerationClient:
         events: asyncio.Queue[JobEvent] = asyncio.Queue()
         problem = self._reason_to_refuse(request)
         worker = self._worker
-        if problem is not None:
+        if self._early_cancels.take(request.job_id):
+            events.put_nowait(JobCancelled(request.job_id))
+        elif problem is not None:
             events.put_nowait(JobFailed(request.job_id, problem))
         elif not self._state.accepting_jobs or worker is None:
             events.put_nowait(JobInterrupted(request.job_id))
@@ -204,9 +210,11 @@ class GenerationClient:
 
     async def cancel(self, job_id: str) -> bool:
         """Stop a job at the next step boundary; its stream ends with JobCancelled (or with its result, if it
-        finished first). False if the job is unknown or already over."""
+        finished first). False if the job is unknown or already over; an unknown one may be on its way (the
+        caller cancelled while handing it over), so if it is submitted soon after, it ends at once, unrun."""
         ticket = self._tickets.get(job_id)
         if ticket is None:
+            self._early_cancels.add(job_id)
             return False
         if not ticket.cancel_requested:
             ticket.cancel_requested = True

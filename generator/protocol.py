@@ -157,6 +157,10 @@ class JobResult:
     wall_seconds: float
     # The EMA latents of the final image (.npz), so a variation can start from them.
     latents_npz: bytes = field(repr=False)
+    # The cutouts the image was made with: fewer than the spec asked for when the job ran out of memory alone,
+    # in which case it was made from the start with these (see generator.worker), so a spec with them and the
+    # same seed makes the same image.
+    cutouts: int
     timelapse_gif: bytes | None = field(default=None, repr=False)
 
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -165,6 +168,38 @@ class SubmitJob:
 @dataclass(frozen=True)
 class CancelJob:
     job_id: str
+
+
+class EarlyCancels:
+    """Cancels that came before their job: the job was still on its way (the client's and the worker's memory of
+    them). A job that arrives after its cancel ends at once, unrun. Bounded, since a cancel whose job never
+    comes (it had ended already) must not be kept for ever: the latest `capacity` ids, each for `keep_s`."""
+
+    def __init__(self, capacity: int = 1024, keep_s: float = 600.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._capacity = capacity
+        self._keep_s = keep_s
+        self._clock = clock
+        self._cancelled_at: OrderedDict[str, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._cancelled_at)
+
+    def add(self, job_id: str) -> None:
+        self._cancelled_at.pop(job_id, None)
+        self._cancelled_at[job_id] = self._clock()
+        self._forget_old()
+
+    def take(self, job_id: str) -> bool:
+        """Whether the job was cancelled before it arrived; the cancel is used up."""
+        self._forget_old()
+        return self._cancelled_at.pop(job_id, None) is not None
+
+    def _forget_old(self) -> None:
+        kept_since = self._clock() - self._keep_s
+        while self._cancelled_at and (
+            len(self._cancelled_at) > self._capacity or next(iter(self._cancelled_at.values())) < kept_since
+        ):
+            self._cancelled_at.popitem(last=False)
 
 
 @dataclass(frozen=True)

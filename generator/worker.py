@@ -49,6 +49,7 @@ from generator.protocol import (
 )
 from generator.wire import (
     CancelJob,
+    EarlyCancels,
     Heartbeat,
     StepDone,
     StopWorker,
@@ -223,6 +224,8 @@ class GenerationLoop:
         self.requests = requests
         self.sender = sender
         self.jobs: dict[str, HeldJob] = {}
+        # Cancels of jobs this worker does not hold: a job that comes after its own cancel never runs.
+        self.early_cancels = EarlyCancels()
         self.waiting: defaultdict[int, deque[HeldJob]] = defaultdict(deque)
         self.batches: defaultdict[int, list[HeldJob]] = defaultdict(list)
         # Lowered after running out of memory; forgotten once a size has no jobs left, since what fits depends
@@ -266,14 +269,20 @@ class GenerationLoop:
             if job.job_id in self.jobs:
                 log.warning("job %s submitted twice; ignoring the second", job.job_id, extra={"job_id": job.job_id})
                 return
+            if self.early_cancels.take(job.job_id):
+                self.sender.send(JobCancelled(job.job_id))
+                log.info("job %s was cancelled before it came; not running it", job.job_id, extra={"job_id": job.job_id})
+                return
             self.jobs[job.job_id] = job
             self.waiting[job.spec.size].append(job)
         elif isinstance(message, CancelJob):
             job = self.jobs.get(message.job_id)
-            if job is not None:
-                self.remove(job)
-                self.sender.send(JobCancelled(job.job_id))
-                log.info("job %s cancelled", job.job_id, extra={"job_id": job.job_id})
+            if job is None:
+                self.early_cancels.add(message.job_id)
+                return
+            self.remove(job)
+            self.sender.send(JobCancelled(job.job_id))
+            log.info("job %s cancelled", job.job_id, extra={"job_id": job.job_id})
         elif isinstance(message, StopWorker):
             self.stop_requested = True
         else:
@@ -299,13 +308,15 @@ class GenerationLoop:
                 continue
             batch.append(job)
 
-    def begin(self, job: HeldJob) -> bool:
+    def begin(self, job: HeldJob, spec: DreamSpec | None = None) -> bool:
+        """Set the job up to make `spec` (its own unless given) from the start; False when it failed instead."""
+        spec = spec or job.spec
         loaded = self.engine.models.sizes
-        if job.spec.size not in loaded:
-            self.fail(job, f"This generator makes images of {', '.join(map(str, loaded))} pixels only, not {job.spec.size}.")
+        if spec.size not in loaded:
+            self.fail(job, f"This generator makes images of {', '.join(map(str, loaded))} pixels only, not {spec.size}.")
             return False
         try:
-            job.dream = self.engine.start(job.spec, keep_frames=job.request.timelapse)
+            job.dream = self.engine.start(spec, keep_frames=job.request.timelapse)
         except Exception as error:
             self.fail(job, readable_reason(error), error)
             return False
@@ -350,7 +361,8 @@ class GenerationLoop:
             raise
 
     def shrink(self, size: int, batch: list[HeldJob], error: BaseException) -> None:
-        """Out of memory: halve the batch (the rest wait their turn); alone, retry once with half the cutouts."""
+        """Out of memory: halve the batch (the rest wait their turn); alone, start the job over once with half
+        the cutouts, and say so with its result."""
         release_cached_memory(self.engine.models.device)
         if len(batch) > 1:
             limit = len(batch) // 2
@@ -364,9 +376,14 @@ class GenerationLoop:
         (job,) = batch
         if not job.fewer_cutouts_tried and job.dream.cutouts > 1:
             job.fewer_cutouts_tried = True
-            job.dream.cutouts_override = job.dream.cutouts // 2
-            log.warning("out of memory with job %s alone (%s); retrying it with %d cutouts", job.job_id, error, job.dream.cutouts,
-                        extra={"job_id": job.job_id})
+            # From the start, not from the step that failed: steps made with two numbers of cutouts give an image
+            # no spec can make again, while this one is exactly what the same seed with these cutouts makes.
+            smaller = job.dream.spec.with_changes(cutouts=job.dream.cutouts // 2)
+            job.dream = None
+            release_cached_memory(self.engine.models.device)
+            log.warning("out of memory with job %s alone (%s); starting it over with %d cutouts", job.job_id, error,
+                        smaller.cutouts, extra={"job_id": job.job_id})
+            self.begin(job, smaller)
             return
         self.fail(job, OUT_OF_MEMORY, error)
 
@@ -420,6 +437,7 @@ class GenerationLoop:
             steps=outcome.steps,
             wall_seconds=outcome.wall_seconds,
             latents_npz=outcome.latents_npz,
+            cutouts=job.dream.cutouts,
             timelapse_gif=outcome.timelapse_gif() if job.request.timelapse else None,
         )
         self.remove(job)

@@ -8,6 +8,7 @@ Markers (anywhere in the prompt; K is a number of steps already done):
     [oom]                    every step runs out of memory
     [oom-if-batched]         a step runs out of memory when this job shares it with other jobs
     [oom-above-cutouts=N]    a step runs out of memory while this job uses more than N cutouts
+    [oom-above-cutouts=N@K]  the same, once the job has done K steps
     [hang@K]                 at step K the step never ends (the process sleeps, heartbeats go on)
 
 Faults at start come from a plan file instead, named by $BIGSLEEP_TEST_START_FAULTS, for
@@ -72,6 +73,10 @@ class FaultInjectingEngine(DreamEngine):
             raise _out_of_memory()
         if (most := _number(prompt, "oom-above-cutouts", "=")) is not None and job.cutouts > most:
             raise _out_of_memory()
+        if (found := re.search(r"\[oom-above-cutouts=(\d+)@(\d+)\]", prompt)) is not None:
+            most, after = map(int, found.groups())
+            if job.cutouts > most and job.step >= after:
+                raise _out_of_memory()
         if _number(prompt, "hang") == job.step:
             while True:
                 time.sleep(3600)

@@ -21,6 +21,7 @@ from bot.challenges import texts
 from bot.challenges.durations import DurationError, describe_duration, parse_duration
 from bot.challenges.service import ChallengeService, shown_in_embed
 from bot.challenges.store import Challenge, ChallengeRefused, Entry
+from bot.jobs.admission import banned_text_refusal
 from bot.jobs.ports import Actor
 from bot.messages import NO_MENTIONS, reply_privately, shorten, when
 from bot.permissions import is_moderator, manages_server
@@ -69,6 +70,10 @@ class ChallengesCog(commands.Cog):
         theme = " ".join(theme.split())
         if not theme:
             await reply_privately(interaction, "The theme is empty; say what the images should show.")
+            return
+        banned = banned_text_refusal(self.challenges.rules, interaction.guild_id, [("theme", theme)])
+        if banned:
+            await reply_privately(interaction, banned.sentence)
             return
         try:
             seconds = parse_duration(
@@ -216,7 +221,7 @@ class ChallengesCog(commands.Cog):
         except ChallengeRefused as problem:
             await reply_privately(interaction, str(problem))
             return
-        self.challenges.delete_copy(removed.image_path)
+        await self.challenges.delete_copy(removed.image_path)
         await reply_privately(interaction, f"Withdrew entry #{removed.number}.")
         if removed.user_id != interaction.user.id:
             await self.challenges.moderator_actions.record(

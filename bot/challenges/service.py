@@ -30,6 +30,7 @@ from bot.challenges.contact_sheet import Sheet, SheetTooLarge, Tile, compose
 from bot.challenges.results import Standing, rank
 from bot.challenges.scheduler import DeadlineScheduler
 from bot.challenges.store import AlreadyVoted, Challenge, ChallengeRefused, ChallengeStore, Entry
+from bot.jobs.admission import BannedWordRules
 from bot.jobs.files import ResultFiles
 from bot.jobs.job import Job
 from bot.jobs.ports import ModeratorActions
@@ -50,8 +51,9 @@ def shown_in_embed(attachment_name: str | None) -> str | None:
     return None if attachment_name is None or attachment_name.startswith(SPOILER_PREFIX) else attachment_name
 
 
-class ChallengeRules(Protocol):
-    """What challenges ask of a server's moderation (bot.moderation's service, in the bot)."""
+class ChallengeRules(BannedWordRules, Protocol):
+    """What challenges ask of a server's moderation (bot.moderation's service, in the bot): its banned words
+    (a theme is posted, so it passes the check a prompt passes), blocks and spoiler setting."""
 
     def blocked_refusal(self, guild_id: int, user_id: int) -> str | None:
         """The sentence for a member the moderators blocked here; None when not blocked."""
@@ -136,7 +138,7 @@ class ChallengeService:
         if job.state != "done":
             await reply_privately(interaction, f"Job `{job.id}` has no finished image to enter.")
             return
-        if not self.files.exists(job.png_path):
+        if not await asyncio.to_thread(self.files.exists, job.png_path):
             await reply_privately(interaction, f"The image of `{job.id}` was deleted, so it can't be entered.")
             return
         # Copying the image and posting the entry take a moment; the thinking state keeps the interaction alive.
@@ -154,14 +156,14 @@ class ChallengeService:
                 image_path=str(copy),
             )
         except ChallengeRefused as problem:
-            self.delete_copy(str(copy))
+            await self.delete_copy(str(copy))
             await reply_privately(interaction, str(problem))
             return
         try:
             message = await self._post_entry(challenge, entry, png)
         except discord.HTTPException as error:
             await self.store.remove_entry(entry.id, only_while_open=False)
-            self.delete_copy(entry.image_path)
+            await self.delete_copy(entry.image_path)
             log.info("challenge %s: could not post entry %s (%s)", challenge.id, entry.number, error.code)
             await reply_privately(interaction, f"I couldn't post your entry in <#{challenge.channel_id}>; please tell a moderator.")
             return
@@ -198,9 +200,9 @@ class ChallengeService:
         await reply_privately(interaction, refusal)
         return True
 
-    def delete_copy(self, relative: str) -> None:
+    async def delete_copy(self, relative: str) -> None:
         try:
-            self.files.absolute(relative).unlink(missing_ok=True)
+            await asyncio.to_thread(self.files.absolute(relative).unlink, missing_ok=True)
         except (OSError, ValueError) as error:
             log.warning("could not delete the challenge image %s: %s", relative, error)
 

@@ -6,7 +6,8 @@ Discord here: the cogs turn options into a spec and the outcome into a reply (bo
 The rules, in the order they are asked (the first one broken answers):
 1. the server's say over the member and the place: blocked members, the channels /imagine may be used in;
 2. banned words, in every text field of the spec (the bot posts them all: the prompt in the job's message,
-   the negative prompt under "Avoiding");
+   the negative prompt under "Avoiding"), through `banned_text_refusal`, the check that every other piece of
+   user text the bot posts goes through too (a challenge theme, a block reason);
 3. steps and size: a size the worker loads (`worker.sizes`), and steps and size within the host's `limits`
    narrowed by the server's own;
 4. the server's quotas (per member, and the server's budget);
@@ -21,7 +22,7 @@ worker keep only their own defensive checks (DreamSpec.validate, "this worker do
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Protocol
 
@@ -34,8 +35,8 @@ if TYPE_CHECKING:
     from bot.settings import LimitSettings
 
 DEFAULT_MAX_PROMPT_CHARS = 1000
-# How a refusal names a text field of the spec; any other field is called by its name.
-_FIELD_NAMES = {"negative": "negative prompt"}
+# How a refusal names a text field; any other field is called by its name.
+_FIELD_NAMES = {"negative": "negative prompt", "theme": "challenge theme", "reason": "block reason"}
 
 
 @dataclass(frozen=True)
@@ -111,15 +112,31 @@ class Admitted:
     paused: bool = False
 
 
-class AdmissionRules(Protocol):
+class BannedWordRules(Protocol):
+    """A server's banned words (bot.moderation's service, in the bot)."""
+
+    def banned_word(self, guild_id: int, text: str) -> str | None:
+        """The banned word (of the host or the server) the text contains, or None."""
+        ...
+
+
+def banned_text_refusal(rules: BannedWordRules, guild_id: int, texts: Iterable[tuple[str, str]]) -> Refusal | None:
+    """The one check of user text that the bot may post (a job's prompts, a challenge theme, a block reason)
+    against the server's banned words: a refusal naming the first field, given as (field, text), that holds
+    one; None when every text passes."""
+    for name, text in texts:
+        word = rules.banned_word(guild_id, text)
+        if word:
+            what = _FIELD_NAMES.get(name, name.replace("_", " "))
+            return Refusal(f"Your {what} contains “{word}”, which this server does not allow.", name)
+    return None
+
+
+class AdmissionRules(BannedWordRules, Protocol):
     """A server's own rules for new jobs (bot.moderation's service, in the bot)."""
 
     def limits_for(self, guild_id: int) -> ServerLimits:
         """The host's limits, narrowed by the server's own."""
-        ...
-
-    def banned_word(self, guild_id: int, text: str) -> str | None:
-        """The banned word (of the host or the server) the text contains, or None."""
         ...
 
     async def member_refusal(self, requester: Requester) -> str | None:
@@ -221,15 +238,18 @@ class Admission:
             paused=self.dispatcher.queue.is_paused(job.guild_id),
         )
 
-    async def _refusal(self, requester: Requester, spec: DreamSpec) -> Refusal | None:
+    async def posting_refusal(self, requester: Requester, spec: DreamSpec) -> Refusal | None:
+        """May this member post a job of this spec where they ask (a new job, or /show of a finished one, whatever
+        server it was made in): rules 1 and 2 of the server they ask in. None when they may."""
         member = await self.rules.member_refusal(requester)
         if member:
             return Refusal(member)
-        for name, text in _texts(spec):
-            word = self.rules.banned_word(requester.guild_id, text)
-            if word:
-                what = _FIELD_NAMES.get(name, name.replace("_", " "))
-                return Refusal(f"Your {what} contains “{word}”, which this server does not allow.", name)
+        return banned_text_refusal(self.rules, requester.guild_id, _texts(spec))
+
+    async def _refusal(self, requester: Requester, spec: DreamSpec) -> Refusal | None:
+        posting = await self.posting_refusal(requester, spec)
+        if posting:
+            return posting
         limits = self.rules.limits_for(requester.guild_id)
         if spec.steps > limits.max_steps:
             return Refusal(

@@ -8,6 +8,7 @@ Messages in that channel); Discord shows buttons to everyone, so the check happe
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import re
@@ -133,17 +134,18 @@ async def _reroll(services: JobServices, interaction: discord.Interaction, job: 
         # A reroll of a variation is a fresh dream of the same prompt, at the full length of the original.
         parent = await services.store.get(job.parent_job_id)
         steps = parent.steps if parent is not None else steps
-    # No starting latents, so no noise over them either.
-    spec = job.spec.with_changes(seed=_new_seed(), steps=steps, init_noise=0.0)
+    # What the image was really made with (fewer cutouts when memory ran short), so the reroll is made like the
+    # image it was pressed under. No starting latents, so no noise over them either.
+    spec = job.made_with.with_changes(seed=_new_seed(), steps=steps, init_noise=0.0)
     await submit_and_answer(interaction, services.admission, services.progress, spec, kind="reroll", parent_job_id=job.id)
 
 
 async def _vary(services: JobServices, interaction: discord.Interaction, job: Job) -> None:
-    if job.state != "done" or not job.latents_path or not services.files.exists(job.latents_path):
+    if job.state != "done" or not job.latents_path or not await asyncio.to_thread(services.files.exists, job.latents_path):
         await reply_privately(interaction, f"Job `{job.id}` has no finished image to vary any more.")
         return
     settings = services.variations
-    spec = job.spec.with_changes(
+    spec = job.made_with.with_changes(
         seed=_new_seed(),
         steps=max(1, round(job.steps * settings.steps_fraction)),
         init_noise=settings.noise,

@@ -12,6 +12,7 @@ from bot.jobs import texts
 from bot.jobs.buttons import audit_if_moderating, may_manage
 from bot.jobs.dispatcher import NotCancellable
 from bot.jobs.job import Job
+from bot.jobs.queueing import requester_of
 from bot.jobs.services import JobServices
 from bot.jobs.store import JobNotFound
 from bot.messages import NO_MENTIONS, reply_privately, shorten
@@ -104,6 +105,8 @@ class JobsCog(commands.Cog):
     @app_commands.guild_only()
     @app_commands.describe(job="The job id (see /history)")
     async def show(self, interaction: discord.Interaction, job: str) -> None:
+        """Your own jobs from any server, or anyone's from this one; posted under this server's rules (its
+        blocks, allowed channels, banned words and spoiler setting), wherever the job was made."""
         found = await self.store.get(job)
         if found is None or (found.user_id != interaction.user.id and found.guild_id != interaction.guild_id):
             await reply_privately(interaction, f"There is no job `{shorten(job, 40)}` here.")
@@ -111,14 +114,18 @@ class JobsCog(commands.Cog):
         if found.state != "done":
             await reply_privately(interaction, self._status_sentence(found))
             return
+        refusal = await self.services.admission.posting_refusal(requester_of(interaction), found.spec)
+        if refusal is not None:
+            await reply_privately(interaction, f"`{found.id}` can't be shown here. {refusal.sentence}")
+            return
         files = self.services.files
-        if not files.exists(found.png_path):
+        if not await asyncio.to_thread(files.exists, found.png_path):
             await reply_privately(interaction, f"The image of `{found.id}` was deleted.")
             return
         # Reading and uploading the file can take a moment; the thinking state keeps the interaction alive.
         await interaction.response.defer(thinking=True)
         png = await asyncio.to_thread(files.read, found.png_path)  # type: ignore[arg-type]
-        render = self.services.progress.result_render(found, png)
+        render = self.services.progress.result_render(found, png, posted_in=interaction.guild_id)
         await interaction.followup.send(**render.message_kwargs(editing=False))
 
     @show.autocomplete("job")

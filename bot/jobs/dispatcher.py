@@ -11,6 +11,9 @@ run as an attempt (JobStore.mark_running counted it; `requeue(counts_as_attempt=
 other cases) and runs again alone: no two such jobs are in flight together, so a job that kills every worker
 fails by itself after `max_attempts` runs while the jobs that shared its worker finish.
 
+A cancel that lands while a job is being handed to the worker, or back to the queue, stops it there: it is never
+sent, or never queued again.
+
 No discord imports here: progress reaches Discord through the `ProgressSink` the bot passes in (the ports are in
 bot.jobs.ports), so the dispatcher can be driven by tests and benchmarks without a Discord connection.
 """
@@ -321,6 +324,10 @@ class Dispatcher:
             except FileNotFoundError:
                 await self._fail(job, "The image this variation starts from was deleted.")
                 return
+            if flight.cancel_requested:
+                # Cancelled while being handed over (marked running, its latents read): cancel() asked the backend
+                # to stop a job it did not have yet. No await between here and the hand-over, so it is never sent.
+                return
             flight.total = job.steps
             self.progress.running(job, 0, job.steps, None)
             await self._follow(job, flight, request)
@@ -328,7 +335,7 @@ class Dispatcher:
             raise
         except Exception:
             log.exception("job %s: unexpected error while running it", job_id)
-            await self._give_back_or_fail(job_id)
+            await self._give_back_or_fail(job_id, flight)
         finally:
             self._in_flight.pop(job_id, None)
             self.queue.finish(job_id)
@@ -371,14 +378,14 @@ class Dispatcher:
                 if flight.cancel_requested:
                     return
                 if event.worker_death is None:
-                    await self._give_back_or_fail(job.id, counts_as_attempt=False)
+                    await self._give_back_or_fail(job.id, flight, counts_as_attempt=False)
                 else:
                     log.warning("job %s: its generation process died (%s)", job.id, event.worker_death)
-                    await self._give_back_or_fail(job.id)
+                    await self._give_back_or_fail(job.id, flight)
                 return
         # The stream ended without a final event: the worker went away.
         if not flight.cancel_requested:
-            await self._give_back_or_fail(job.id)
+            await self._give_back_or_fail(job.id, flight)
 
     async def _finish_done(self, job: Job, flight: _InFlight, result: JobResult) -> None:
         if flight.cancel_requested:
@@ -394,6 +401,8 @@ class Dispatcher:
                 latents_path=saved.latents_path,
                 timelapse_path=saved.timelapse_path,
                 wall_seconds=wall_seconds,
+                # Fewer cutouts than asked when it ran out of memory: the result card, Reroll and Variations use these.
+                ran_spec=job.spec.with_changes(cutouts=result.cutouts),
             )
         except IllegalTransition:
             return  # cancelled while the result was on its way
@@ -417,7 +426,7 @@ class Dispatcher:
                    "ran_seconds": _seconds_between(job.started_at, job.finished_at), **details},
         )
 
-    async def _give_back_or_fail(self, job_id: str, *, counts_as_attempt: bool = True) -> None:
+    async def _give_back_or_fail(self, job_id: str, flight: _InFlight, *, counts_as_attempt: bool = True) -> None:
         """The job stopped before finishing: queue it again at the front. A run that counts (its worker died, or
         its events broke off) makes it a suspect (see the module docstring); its last allowed one fails it."""
         try:
@@ -435,12 +444,18 @@ class Dispatcher:
                 await self._fail(job, CRASHED_REPEATEDLY.format(attempts=job.attempts))
                 return
             self._suspects.add(job_id)
-        await self._give_back(job_id, counts_as_attempt=counts_as_attempt)
+        await self._give_back(job_id, counts_as_attempt=counts_as_attempt, flight=flight)
 
-    async def _give_back(self, job_id: str, *, counts_as_attempt: bool) -> None:
+    async def _give_back(self, job_id: str, *, counts_as_attempt: bool, flight: _InFlight | None = None) -> None:
         try:
             requeued = await self.store.requeue(job_id, counts_as_attempt=counts_as_attempt)
         except (IllegalTransition, JobNotFound):
+            return
+        if flight is not None and flight.cancel_requested:
+            # Cancelled while it was being handed back: cancel() found it neither queued nor (in the store)
+            # finished, and moves the stored row on from 'queued' itself. Queuing it would leave a ghost that
+            # holds a place in its owner's waiting cap until popped.
+            self._suspects.discard(job_id)
             return
         self.queue.requeue(JobRef.of(requeued))
         log.info("job queued again at the front", extra={"job_id": job_id, "attempts": requeued.attempts})

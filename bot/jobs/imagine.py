@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -56,7 +58,9 @@ class ImagineCog(commands.Cog):
         admission = self.services.admission
         try:
             # The server's defaults fill what the member left out; whether the spec may run here is admission's.
-            spec = parse_imagine(
+            # In a thread: CLIP's tokenizer on a long prompt would hold up the event loop.
+            spec = await asyncio.to_thread(
+                parse_imagine,
                 prompt,
                 negative=negative,
                 seed=seed,

@@ -72,6 +72,14 @@ class Job:
     latents_path: str | None
     timelapse_path: str | None
     wall_seconds: float | None
+    # What the worker really made the image with, kept beside `spec` (what was asked for): they differ when the
+    # job ran out of memory and was made with fewer cutouts. None until done (and for jobs done before it was
+    # kept). `made_with` is the one to show and to copy.
+    ran_spec: DreamSpec | None
+    # GPU time of every run of the job that has ended, however it ended (done, failed, cancelled, handed back),
+    # and when the last one ended: what the server's GPU budget counts (bot.moderation.quotas).
+    gpu_seconds: float
+    gpu_spent_at: float | None
 
     @property
     def prompt(self) -> str:
@@ -96,6 +104,11 @@ class Job:
     @property
     def cutouts(self) -> int:
         return self.spec.cutouts
+
+    @property
+    def made_with(self) -> DreamSpec:
+        """The settings the image was made with: the same seed and these make the same image."""
+        return self.ran_spec or self.spec
 
     @property
     def is_finished(self) -> bool:

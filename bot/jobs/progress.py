@@ -2,9 +2,9 @@
 final image with its embed and buttons.
 
 The message is an ordinary bot-owned channel message (its id is kept in the store), never the interaction's,
-whose token dies after 15 minutes. Changes are paced twice with asyncio-throttle: at most one change per
-message every `edit_interval_seconds`, and a budget per channel shared by every job there. Updates that arrive
-while a change waits are merged: only the latest state goes out (its snapshot, or the last one sent).
+whose token dies after 15 minutes. Changes are paced twice (bot.jobs.pacing): at most one change per message
+every `edit_interval_seconds`, then a budget per channel shared by every job there. Updates that arrive while a
+change waits are merged: only the latest state goes out (its snapshot, or the last one sent).
 
 Discord's refusals are part of the job's life, not errors: a deleted message (10008, or 30046 for too many
 edits of an old one) gets a new message; a channel the bot cannot use (403: 50001/50013; 10003 deleted) is
@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import discord
-from asyncio_throttle import Throttler
 
 from bot.jobs import texts
 from bot.jobs.buttons import ResultButton, active_view, result_view
 from bot.jobs.job import Job
+from bot.jobs.pacing import ChannelBudgets, Pacer
 from bot.jobs.store import JobStore
 from bot.logs import bind_job
 from bot.messages import NO_MENTIONS
@@ -43,20 +43,6 @@ MISSING_ACCESS = 50001
 MISSING_PERMISSIONS = 50013
 OLD_MESSAGE_EDIT_LIMIT = 30046
 _RECENTLY_ENDED_KEPT = 10_000
-
-
-class _SpacedThrottler(Throttler):
-    """asyncio-throttle's window, counted from when each change *finished*: a slow or retried request (a 429)
-    must not let the next change of the same message follow it sooner than the period."""
-
-    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
-        # Throttler keeps the times of recent acquisitions in _task_logs (asyncio-throttle 1.0.2, pinned).
-        if self._task_logs:
-            self._task_logs[-1] = time.monotonic()
-
-    def stamp(self) -> None:
-        """Count a change made elsewhere (an earlier process) as if it had just happened."""
-        self._task_logs.append(time.monotonic())
 
 
 @dataclass
@@ -101,7 +87,7 @@ class Render:
 class _Tracker:
     job: Job
     message_id: int | None
-    pacer: _SpacedThrottler
+    pacer: Pacer
     pending: Render | None = None
     task: asyncio.Task[None] | None = None
     finalised: bool = False
@@ -111,6 +97,8 @@ class ProgressMessages:
     """The bot's ProgressSink (see bot.jobs.ports): every method returns at once; Discord calls run behind.
 
     `spoiler_for(guild_id)` says whether a server wants its images behind spoilers (bot.moderation decides);
+    `models_kind()` is the generation worker's (generator.wire.WorkerHealth): progress and results made with
+    models that draw noise (tiny, random) say so;
     `result_buttons` are other features' buttons under finished images (bot.challenges: "Submit to challenge").
     """
 
@@ -121,21 +109,24 @@ class ProgressMessages:
         settings: ProgressSettings,
         *,
         spoiler_for: Callable[[int], bool] = lambda guild_id: False,
+        models_kind: Callable[[], str] = lambda: "full",
         result_buttons: Sequence[ResultButton] = (),
     ) -> None:
         self.client = client
         self.store = store
         self.settings = settings
         self.spoiler_for = spoiler_for
+        self.models_kind = models_kind
         self.result_buttons = tuple(result_buttons)
         self._trackers: dict[str, _Tracker] = {}
         # Jobs whose ending was shown lately: a late announce() must not post "(Waiting to start)" after it.
         self._recently_ended: OrderedDict[str, None] = OrderedDict()
-        self._channel_budgets: dict[int, Throttler] = {}
+        poll = max(0.005, min(0.05, settings.edit_interval_seconds / 20))
+        self._channel_budgets = ChannelBudgets(settings.channel_edits_per_window, settings.channel_window_seconds, poll)
+        # Channels that refused the bot, until when they are left alone; marks past their time are dropped as new
+        # ones come, so only channels refused within the last `unreachable_retry_seconds` are remembered.
         self._unreachable_until: dict[int, float] = {}
         self._closing = False
-        poll = max(0.005, min(0.05, settings.edit_interval_seconds / 20))
-        self._poll_interval = poll
 
     # -- the ProgressSink interface --
 
@@ -151,17 +142,19 @@ class ProgressMessages:
     def running(self, job: Job, step: int, total: int, snapshot_png: bytes | None) -> None:
         spoiler = self.spoiler_for(job.guild_id)
         file = (texts.snapshot_filename(job, spoiler=spoiler), snapshot_png) if snapshot_png else None
-        self._set(job, Render(texts.progress_text(job, step, total), file=file, view=active_view(job)))
+        text = texts.progress_text(job, step, total) + texts.models_note(self.models_kind())
+        self._set(job, Render(text, file=file, view=active_view(job)))
 
     def done(self, job: Job, png: bytes) -> None:
         self._set(job, self.result_render(job, png))
 
-    def result_render(self, job: Job, png: bytes) -> Render:
-        """A finished job's image with its card and buttons: its message's last state, and what /show posts."""
-        spoiler = self.spoiler_for(job.guild_id)
+    def result_render(self, job: Job, png: bytes, *, posted_in: int | None = None) -> Render:
+        """A finished job's image with its card and buttons: its message's last state, and what /show posts.
+        `posted_in`: the server it is posted in, whose spoiler setting applies (default: the job's own)."""
+        spoiler = self.spoiler_for(job.guild_id if posted_in is None else posted_in)
         name = texts.result_filename(job, spoiler=spoiler)
         return Render(
-            texts.done_text(job),
+            texts.done_text(job) + texts.models_note(self.models_kind()),
             # An embed shows its image unblurred, so a spoilered image stays a plain attachment.
             embed=texts.result_embed(job, attachment_name=None if spoiler else name),
             file=(name, png),
@@ -179,7 +172,11 @@ class ProgressMessages:
     # -- channels --
 
     def mark_unreachable(self, channel_id: int) -> None:
-        self._unreachable_until[channel_id] = time.monotonic() + self.settings.unreachable_retry_seconds
+        now = time.monotonic()
+        for channel, until in list(self._unreachable_until.items()):
+            if now >= until:
+                del self._unreachable_until[channel]
+        self._unreachable_until[channel_id] = now + self.settings.unreachable_retry_seconds
 
     def is_unreachable(self, channel_id: int) -> bool:
         until = self._unreachable_until.get(channel_id)
@@ -213,7 +210,7 @@ class ProgressMessages:
     def _set(self, job: Job, render: Render) -> None:
         tracker = self._trackers.get(job.id)
         if tracker is None:
-            pacer = _SpacedThrottler(1, self.settings.edit_interval_seconds, self._poll_interval)
+            pacer = Pacer(self.settings.edit_interval_seconds)
             if job.progress_message_id is not None:
                 # The message may have been changed by the previous process moments ago.
                 pacer.stamp()
@@ -232,14 +229,6 @@ class ProgressMessages:
         if tracker.task is None or tracker.task.done():
             tracker.task = asyncio.create_task(self._deliver(tracker), name=f"bigsleep-progress-{job.id}")
 
-    def _budget(self, channel_id: int) -> Throttler:
-        budget = self._channel_budgets.get(channel_id)
-        if budget is None:
-            budget = self._channel_budgets[channel_id] = Throttler(
-                self.settings.channel_edits_per_window, self.settings.channel_window_seconds, self._poll_interval
-            )
-        return budget
-
     async def _deliver(self, tracker: _Tracker) -> None:
         bind_job(tracker.job.id)  # this task's own context: its lines (discord.py's too) name the job
         try:
@@ -251,7 +240,8 @@ class ProgressMessages:
                         await self._tell_owner_unreachable(tracker.job, render)
                         await self.store.mark_final_shown(tracker.job.id)
                     break
-                async with self._budget(channel_id), tracker.pacer:
+                # The message's pace first, then the channel's slot (see bot.jobs.pacing).
+                async with tracker.pacer, self._channel_budgets.slot(channel_id):
                     render, tracker.pending = tracker.pending, None
                     if render is None:
                         break

@@ -61,6 +61,9 @@ class SimulatedGenerationClient:
     kills the worker after its first progress event: every job in flight ends with JobInterrupted naming the
     death, and a replacement is ready at once (one more restart).
 
+    With `cutouts_that_fit` given, a job asking for more cutouts runs out of memory and is made with half of
+    them, as the real worker does (fails when half is still too many); its result says how many it ran with.
+
     `hold()` makes new and running jobs wait (before their last event) until `release()`: tests use it to
     catch a job mid-run. `take_down(reason)` makes the worker refuse new jobs (health says why; jobs already
     running go on) until `bring_up()`, which counts as a replacement worker. With `loaded` given, start()
@@ -77,6 +80,7 @@ class SimulatedGenerationClient:
         fail_word: str = "__fail__",
         crash_word: str = "__crash__",
         loaded: asyncio.Event | None = None,
+        cutouts_that_fit: int | None = None,
     ) -> None:
         self.seconds_per_job = seconds_per_job
         self.progress_events = progress_events
@@ -84,6 +88,7 @@ class SimulatedGenerationClient:
         self.image_size = image_size
         self.fail_word = fail_word
         self.crash_word = crash_word
+        self.cutouts_that_fit = cutouts_that_fit
         self.requests: list[JobRequest] = []
         self.completed = 0
         self.restarts = 0
@@ -204,6 +209,12 @@ class SimulatedGenerationClient:
             if self.fail_word and self.fail_word in request.spec.prompt:
                 yield JobFailed(job_id, "The simulated worker was asked to fail.")
                 return
+            cutouts = request.spec.cutouts
+            if self.cutouts_that_fit is not None and cutouts > self.cutouts_that_fit:
+                cutouts //= 2
+                if cutouts > self.cutouts_that_fit:
+                    yield JobFailed(job_id, "The simulated worker ran out of memory, even with fewer cutouts.")
+                    return
             size = self.image_size or request.spec.size
             self.completed += 1
             self._hold_changed.set()
@@ -214,6 +225,7 @@ class SimulatedGenerationClient:
                 steps=steps,
                 wall_seconds=time.monotonic() - began,
                 latents_npz=fake_latents_npz(request.spec.seed),
+                cutouts=cutouts,
             )
         finally:
             self._running.pop(job_id, None)

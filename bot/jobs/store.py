@@ -6,13 +6,20 @@ this store on start. Every state change goes through one of the `mark_*` methods
 transitions atomically (the state check is part of the UPDATE), so two racing coroutines cannot both win.
 
 The table's schema is in bot/jobs/migrations (run by bot.database). A job's DreamSpec is stored whole, as one
-JSON document (`DreamSpec.to_document`), so adding a setting needs no migration.
+JSON document (`DreamSpec.to_document`), so adding a setting needs no migration; so is what the worker really
+made the image with (`ran_spec`, beside it).
+
+Every run that ends (done, failed, cancelled, handed back) adds its time, from its start to that moment, to
+the job's `gpu_seconds`, in the same UPDATE as the state change: the GPU budget counts every run, and a job run
+three times costs three runs. The one exception is a run cut short by the bot itself dying: the next start puts
+the job back (`recover_after_restart`) without counting that run's time, which nobody measured.
 
 This module must stay free of torch and discord imports.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -54,15 +61,25 @@ _SELECT_JOB = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs"
 
 def _job_from_row(row: Sequence[Any]) -> Job:
     values = dict(zip(_JOB_COLUMNS, row))
-    try:
-        values["spec"] = DreamSpec.from_document(json.loads(values["spec"]))
-    except ValueError as error:  # json's errors are ValueErrors too
-        raise StoreError(f"Job {values['id']}'s stored spec cannot be read: {error}") from error
+    for name in ("spec", "ran_spec"):
+        if values[name] is None:
+            continue
+        try:
+            values[name] = DreamSpec.from_document(json.loads(values[name]))
+        except ValueError as error:  # json's errors are ValueErrors too
+            raise StoreError(f"Job {values['id']}'s stored {name} cannot be read: {error}") from error
     return Job(**values)
 
 
 def _spec_document(spec: DreamSpec) -> str:
     return json.dumps(spec.to_document(), ensure_ascii=False)
+
+
+# Ends the job's run, if it was running: the run's time is added to its GPU time. Its parameters: now, three times.
+_END_RUN = (
+    "gpu_seconds = gpu_seconds + CASE WHEN state = 'running' THEN MAX(0, ? - COALESCE(started_at, ?)) ELSE 0 END, "
+    "gpu_spent_at = CASE WHEN state = 'running' THEN ? ELSE gpu_spent_at END"
+)
 
 
 @dataclass(frozen=True)
@@ -229,11 +246,16 @@ class JobStore:
     # -- state transitions --
 
     async def _transition(
-        self, job_id: str, to_state: str, assignments: str = "", params: Sequence[Any] = ()
+        self, job_id: str, to_state: str, assignments: str = "", params: Sequence[Any] = (), *, count_run: bool = True
     ) -> Job:
+        """Move the job to `to_state` if it may go there from where it is. Leaving 'running' ends a run, whose
+        time goes to the job's GPU time unless count_run=False."""
         job_id = normalize_job_id(job_id)
         allowed_from = [state for state, targets in ALLOWED_TRANSITIONS.items() if to_state in targets]
         placeholders = ", ".join("?" for _ in allowed_from)
+        if count_run and to_state != "running":
+            assignments = f"{_END_RUN}, {assignments}" if assignments else _END_RUN
+            params = (*(self._clock(),) * 3, *params)
         extra = f", {assignments}" if assignments else ""
         async with self._database.transaction() as db:
             cursor = await db.execute(
@@ -259,8 +281,10 @@ class JobStore:
         latents_path: str | Path | None = None,
         timelapse_path: str | Path | None = None,
         wall_seconds: float | None = None,
+        ran_spec: DreamSpec | None = None,
     ) -> Job:
-        """running -> done, recording the result files in the same transaction (paths relative to the data dir)."""
+        """running -> done, recording the result files (paths relative to the data dir) and what the worker made
+        the image with (`ran_spec`; None when the caller does not know) in the same transaction."""
         paths = (
             _relative_path(png_path, "png_path"),
             _relative_path(latents_path, "latents_path"),
@@ -269,8 +293,9 @@ class JobStore:
         return await self._transition(
             job_id,
             "done",
-            "finished_at = ?, error = NULL, png_path = ?, latents_path = ?, timelapse_path = ?, wall_seconds = ?",
-            (self._clock(), *paths, wall_seconds),
+            "finished_at = ?, error = NULL, png_path = ?, latents_path = ?, timelapse_path = ?, wall_seconds = ?, "
+            "ran_spec = ?",
+            (self._clock(), *paths, wall_seconds, None if ran_spec is None else _spec_document(ran_spec)),
         )
 
     async def mark_failed(self, job_id: str, error: str) -> Job:
@@ -285,7 +310,8 @@ class JobStore:
         """running -> queued (the worker stopped before finishing). At the front of the order unless front=False.
 
         counts_as_attempt=False takes back the attempt the start counted: the bot stopped cleanly and handed the
-        job back, which says nothing about the job, so restarts alone never bring it to `max_attempts`."""
+        job back, which says nothing about the job, so restarts alone never bring it to `max_attempts`. The run's
+        GPU time counts either way: the GPU did the work."""
         jobs = await self._requeue_running(
             [normalize_job_id(job_id)], front=front, strict=True, counts_as_attempt=counts_as_attempt
         )
@@ -297,6 +323,7 @@ class JobStore:
         They keep their order among themselves and go ahead of every job that was waiting, so the new
         FairQueue (built from list_queued() in seq order) puts their users and servers first. A job that has
         already been started `max_attempts` times is marked failed instead (it probably crashes the worker).
+        The runs they were in are not added to their GPU time: nobody saw when they ended.
         Returns the jobs that were running, in their new state ('queued', or 'failed').
         """
         async with self._database.reading() as db:
@@ -304,15 +331,19 @@ class JobStore:
                 running = list(await c.fetchall())
         give_up = [job_id for job_id, attempts in running if max_attempts is not None and attempts >= max_attempts]
         retry = [job_id for job_id, attempts in running if job_id not in give_up]
-        recovered = {job.id: job for job in await self._requeue_running(retry, front=True, strict=False)}
+        recovered = {
+            job.id: job for job in await self._requeue_running(retry, front=True, strict=False, count_run=False)
+        }
         for job_id in give_up:
-            recovered[job_id] = await self.mark_failed(
-                job_id, f"The job stopped the generator {max_attempts} times, so it was given up."
+            recovered[job_id] = await self._transition(
+                job_id, "failed", "finished_at = ?, error = ?",
+                (self._clock(), f"The job stopped the generator {max_attempts} times, so it was given up."),
+                count_run=False,
             )
         return [recovered[job_id] for job_id, _ in running if job_id in recovered]
 
     async def _requeue_running(
-        self, job_ids: Sequence[str], *, front: bool, strict: bool, counts_as_attempt: bool = True
+        self, job_ids: Sequence[str], *, front: bool, strict: bool, counts_as_attempt: bool = True, count_run: bool = True
     ) -> list[Job]:
         if not job_ids:
             return []
@@ -332,13 +363,15 @@ class JobStore:
                 async with db.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs") as cursor:
                     (highest,) = await cursor.fetchone()  # type: ignore[misc]
                 new_seqs = [highest + 1 + index for index in range(len(current))]
+            now = self._clock()
+            end_run, end_run_params = (f"{_END_RUN}, ", (now,) * 3) if count_run else ("", ())
             for job, seq in zip(current, new_seqs):
                 # started_at is cleared so "running for N minutes" never counts time spent waiting again;
                 # progress_message_id is kept so the bot edits the same message back to "waiting".
                 await db.execute(
-                    "UPDATE jobs SET state = 'queued', seq = ?, started_at = NULL, progress_step = 0, "
+                    f"UPDATE jobs SET {end_run}state = 'queued', seq = ?, started_at = NULL, progress_step = 0, "
                     "attempts = MAX(attempts - ?, 0) WHERE id = ? AND state = 'running'",
-                    (seq, 0 if counts_as_attempt else 1, job.id),
+                    (*end_run_params, seq, 0 if counts_as_attempt else 1, job.id),
                 )
                 requeued.append(await self._fetch(db, job.id))
             return requeued
@@ -405,6 +438,10 @@ class JobStore:
             )
         paths = job.result_paths
         if data_dir is not None:
-            for relative in paths:
-                (Path(data_dir) / relative).unlink(missing_ok=True)
+            await asyncio.to_thread(_delete_files, Path(data_dir), paths)
         return paths
+
+
+def _delete_files(folder: Path, relative_paths: Sequence[str]) -> None:
+    for relative in relative_paths:
+        (folder / relative).unlink(missing_ok=True)

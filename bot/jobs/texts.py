@@ -26,6 +26,16 @@ STATE_WORDS = {
 }
 
 
+# Models that draw noise whatever the prompt (generator.protocol.MODEL_KINDS): every image made with them says so.
+_NOISE_MODELS = {"tiny": "the tiny test models", "random": "random real-size models"}
+
+
+def models_note(models_kind: str) -> str:
+    """The line that ends a progress or result message made with models that draw noise; empty for real ones."""
+    models = _NOISE_MODELS.get(models_kind)
+    return f"\n*Made with {models}: this is noise, not your prompt.*" if models else ""
+
+
 def job_heading(job: Job) -> str:
     return f"**{quoted_prompt(job.prompt)}** - <@{job.user_id}>"
 
@@ -71,6 +81,7 @@ def result_embed(job: Job, *, attachment_name: str | None = None) -> discord.Emb
     embed.add_field(name="Seed", value=str(job.seed))
     embed.add_field(name="Steps", value=str(job.steps))
     embed.add_field(name="Size", value=f"{job.size} px")
+    embed.add_field(name="Cutouts", value=cutouts_text(job))
     embed.add_field(name="Time", value=describe_seconds(job.wall_seconds))
     embed.add_field(name="Asked by", value=f"<@{job.user_id}>")
     origin = f"`{job.id}`"
@@ -82,6 +93,12 @@ def result_embed(job: Job, *, attachment_name: str | None = None) -> discord.Emb
     if attachment_name:
         embed.set_image(url=f"attachment://{attachment_name}")
     return embed
+
+
+def cutouts_text(job: Job) -> str:
+    """The cutouts the image was made with, and what was asked for when memory ran short."""
+    made, asked = job.made_with.cutouts, job.spec.cutouts
+    return str(made) if made == asked else f"{made} ({asked} asked; the generator ran short of memory)"
 
 
 def queued_reply(admitted: Admitted, *, unreachable: bool = False) -> str:

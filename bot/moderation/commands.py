@@ -19,7 +19,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import messages
-from bot.jobs.admission import size_not_offered
+from bot.jobs.admission import banned_text_refusal, size_not_offered
 from bot.jobs.ports import Actor
 from bot.messages import NO_MENTIONS, reply_privately
 from bot.moderation.quotas import Override
@@ -224,6 +224,11 @@ class SettingsCommands(_ModeratorGroup):
         guild_id = interaction.guild_id
         assert guild_id is not None
         reason = reason.strip()
+        # The reason is posted: to the member at each refusal, and in the log channel.
+        banned = banned_text_refusal(self.service, guild_id, [("reason", reason)])
+        if banned:
+            await reply_privately(interaction, banned.sentence)
+            return
         already = self.service.blocked(guild_id, member.id)
         if already is not None and already.reason == reason:
             await reply_privately(interaction, f"<@{member.id}> is already blocked here; nothing changed.")

@@ -9,8 +9,11 @@ old work has left the window to be under the budget again).
 
 Which jobs count is decided by the store (see ModerationStore.usage_events): jobs queued, running, done, or
 cancelled by their member after they started. A job cancelled before it started, one that failed (a generator
-problem, not the member's doing), or one a moderator cancelled gives its allowance back; the GPU time a
-started job used still counts against the server's GPU budget, since the GPU did the work.
+problem, not the member's doing), or one a moderator cancelled gives its allowance back. The server's GPU budget
+counts every run of every job, whatever became of it, since the GPU did the work: each run from its start until
+it ended (done, failed, cancelled, or handed back because its worker died or the bot stopped), so a job run
+three times costs three runs and one that kills the worker costs what it ran. Only a run cut short by the bot
+itself crashing is left out: nobody saw when it ended.
 
 Overrides, for one member or one role, replace the server's value of each limit they set (to more, less, or
 no limit); limits they leave unset stay the server's. Precedence: a member's own override beats their roles'
@@ -166,10 +169,11 @@ class UsageEvent:
     user_id: int
     created_at: float
     state: str
+    # Every run's GPU time, the one going on included.
     gpu_seconds: float = 0.0
-    # When its GPU time was spent (its end, or its start while it runs): the budget's window uses this.
+    # When its GPU time was spent (its last run's end, or now while it runs): the budget's window uses this.
     spent_at: float | None = None
-    # False for a job given back (a moderator cancelled it): only its GPU time counts.
+    # False for a job that gave its allowance back (it failed, or a moderator cancelled it): only its GPU time counts.
     counts_as_job: bool = True
 
 

@@ -77,10 +77,7 @@ def summarize(rows: Sequence[StatsRow], *, now: float, days: int, top: int = 5) 
         states[row.state] += 1
         if row.started_at is not None:
             waits.append(max(0.0, row.started_at - row.created_at))
-        if row.state == "done" and row.wall_seconds:
-            gpu += row.wall_seconds
-        elif row.state == "cancelled" and row.started_at is not None and row.finished_at is not None:
-            gpu += max(0.0, row.finished_at - row.started_at)
+        gpu += row.gpu_seconds
     span = [first + datetime.timedelta(days=offset) for offset in range(days)]
     return ServerStats(
         days=days,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -86,7 +86,8 @@ class StatsRow:
     created_at: float
     started_at: float | None
     finished_at: float | None
-    wall_seconds: float | None
+    # Every ended run's GPU time (see bot.jobs.store), what the server's GPU budget counts too.
+    gpu_seconds: float
 
 
 def _settings_from_row(row: Iterable[Any]) -> GuildSettings:
@@ -257,11 +258,14 @@ class ModerationStore:
 
     # -- roles seen --
 
-    async def roles_seen(self) -> dict[tuple[int, int], tuple[int, ...]]:
-        async with self._database.reading() as db:
-            async with db.execute("SELECT guild_id, user_id, role_ids FROM member_roles_seen") as cursor:
-                rows = await cursor.fetchall()
-        return {(guild_id, user_id): tuple(json.loads(role_ids)) for guild_id, user_id, role_ids in rows}
+    async def roles_seen(self) -> AsyncIterator[tuple[tuple[int, int], tuple[int, ...]]]:
+        """Each member's roles as last seen, ((guild_id, user_id), role ids), the most recently seen first, read a
+        row at a time: there is a row for every member who ever asked for an image, and callers keep a few."""
+        async with self._database.reading() as db, db.execute(
+            "SELECT guild_id, user_id, role_ids FROM member_roles_seen ORDER BY seen_at DESC"
+        ) as cursor:
+            async for guild_id, user_id, role_ids in cursor:
+                yield (guild_id, user_id), tuple(json.loads(role_ids))
 
     async def remember_roles(self, guild_id: int, user_id: int, role_ids: Iterable[int]) -> None:
         async with self._database.transaction() as db:
@@ -312,12 +316,15 @@ class ModerationStore:
 
     async def usage_events(self, guild_id: int, *, since: float, now: float, user_id: int | None = None) -> list[UsageEvent]:
         """Jobs that count against quotas (see bot.moderation.quotas): made since `since`, or GPU time spent
-        since then, or still waiting or running."""
+        since then, or still waiting or running.
+
+        A job counts as one of its member's jobs while it waits, runs or is done, or once cancelled by its member
+        after it had run; its GPU time is every run's (bot.jobs.store adds each run's time as it ends, however
+        it ends), plus the run going on now."""
         query = (
-            "SELECT user_id, created_at, state, started_at, finished_at, wall_seconds, "
+            "SELECT user_id, created_at, state, started_at, gpu_seconds, gpu_spent_at, "
             "quota_refunds.job_id IS NOT NULL FROM jobs LEFT JOIN quota_refunds ON quota_refunds.job_id = jobs.id "
-            "WHERE guild_id = ? AND (created_at > ? OR finished_at > ? OR state IN ('queued', 'running')) "
-            "AND (state IN ('queued', 'running', 'done') OR (state = 'cancelled' AND started_at IS NOT NULL))"
+            "WHERE guild_id = ? AND (created_at > ? OR gpu_spent_at > ? OR state IN ('queued', 'running'))"
         )
         params: list[Any] = [guild_id, since, since]
         if user_id is not None:
@@ -327,16 +334,14 @@ class ModerationStore:
             async with db.execute(query, params) as cursor:
                 rows = await cursor.fetchall()
         events = []
-        for user, created_at, state, started_at, finished_at, wall_seconds, refunded in rows:
+        for user, created_at, state, started_at, gpu_seconds, gpu_spent_at, refunded in rows:
+            gpu, spent_at = float(gpu_seconds), gpu_spent_at
             if state == "running" and started_at is not None:
-                gpu, spent_at = max(0.0, now - started_at), now
-            elif state == "done":
-                gpu, spent_at = wall_seconds or 0.0, finished_at
-            elif state == "cancelled" and started_at is not None and finished_at is not None:
-                gpu, spent_at = max(0.0, finished_at - started_at), finished_at
-            else:
-                gpu, spent_at = 0.0, None
-            events.append(UsageEvent(user, created_at, state, float(gpu), spent_at, counts_as_job=not refunded))
+                gpu, spent_at = gpu + max(0.0, now - started_at), now
+            ran = started_at is not None or gpu_seconds > 0
+            counts_as_job = not refunded and (state in ("queued", "running", "done") or (state == "cancelled" and ran))
+            if counts_as_job or gpu > 0:
+                events.append(UsageEvent(user, created_at, state, gpu, spent_at, counts_as_job=counts_as_job))
         return events
 
     async def refund(self, job_id: str, moderator_id: int) -> None:
@@ -350,7 +355,7 @@ class ModerationStore:
     async def stats_rows(self, guild_id: int, *, since: float) -> list[StatsRow]:
         async with self._database.reading() as db:
             async with db.execute(
-                "SELECT user_id, user_name, state, created_at, started_at, finished_at, wall_seconds FROM jobs "
+                "SELECT user_id, user_name, state, created_at, started_at, finished_at, gpu_seconds FROM jobs "
                 "WHERE guild_id = ? AND created_at >= ? ORDER BY created_at",
                 (guild_id, since),
             ) as cursor:

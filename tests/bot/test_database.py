@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 
 from bot.challenges.store import ChallengeStore
 from bot.database import (
+    BUSY_TIMEOUT_MS,
     FEATURES_DIR,
     Database,
     Migration,
@@ -53,8 +55,9 @@ def test_the_bots_migrations_sit_with_their_features_in_order():
         (3, "moderation/migrations/V3__moderation.sql"),
         (4, "challenges/migrations/V4__challenges.sql"),
         (5, "jobs/migrations/V5__spec_document.sql"),
+        (6, "jobs/migrations/V6__gpu_time_and_what_ran.sql"),
     ]
-    assert latest_version() == 5
+    assert latest_version() == 6
     assert all(m.statements() for m in migrations)
 
 
@@ -191,16 +194,34 @@ async def test_transactions_of_coroutines_sharing_the_connection_do_not_interlea
 
 
 async def test_check_writable_raises_on_a_read_only_database_and_leaves_no_transaction(database):
-    await database.check_writable()
+    await database.check_writable(timeout=1.0)
     async with database.reading() as db:
         await db.execute("PRAGMA query_only = ON")
     with pytest.raises(sqlite3.OperationalError):
-        await database.check_writable()
+        await database.check_writable(timeout=1.0)
     async with database.reading() as db:
         await db.execute("PRAGMA query_only = OFF")
-    await database.check_writable()
+    await database.check_writable(timeout=1.0)
     async with database.transaction() as db:
         await db.execute("INSERT INTO banned_words (guild_id, word) VALUES (1, 'still writes')")
+
+
+async def test_check_writable_waits_for_another_process_only_its_own_timeout(database, db_path):
+    other = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        asked = time.monotonic()
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await database.check_writable(timeout=0.2)
+        assert time.monotonic() - asked < 1.0  # the bot's own writes would wait 5 s
+    finally:
+        other.rollback()
+        other.close()
+    # The bot's connection is as it was: its own busy timeout, no transaction left open.
+    async with database.reading() as db, db.execute("PRAGMA busy_timeout") as cursor:
+        assert (await cursor.fetchone())[0] == BUSY_TIMEOUT_MS
+    async with database.transaction() as db:
+        await db.execute("INSERT INTO banned_words (guild_id, word) VALUES (1, 'after the check')")
 
 
 # ---- a database written by the bot before this seam existed ---------------------------------------------------
@@ -248,7 +269,7 @@ async def test_a_v4_database_migrates_to_the_latest_version_with_every_row_intac
     assert {job["kind"] for job in v4_jobs.values()} == {"imagine", "reroll", "variation"}
 
     async with Database.open(v4_database) as database:
-        assert await database.schema_version() == latest_version() == 5
+        assert await database.schema_version() == latest_version() == 6
         store = JobStore(database)
         for job_id, v4 in v4_jobs.items():
             job = await store.require(job_id)
@@ -257,6 +278,13 @@ async def test_a_v4_database_migrates_to_the_latest_version_with_every_row_intac
             assert all(type(getattr(job.spec, name)) is type(v4[name]) for name in SPEC_COLUMNS), job_id
             others = {name: value for name, value in v4.items() if name not in SPEC_COLUMNS and name != "final_shown"}
             assert {name: getattr(job, name) for name in others} == others, job_id
+            # The GPU time the budget counted for it before (V6), and no record of what ran (the spec says it).
+            counted = 0.0
+            if v4["state"] == "done":
+                counted = v4["wall_seconds"] or 0.0
+            elif v4["state"] == "cancelled" and v4["started_at"] is not None:
+                counted = v4["finished_at"] - v4["started_at"]
+            assert (job.gpu_seconds, job.ran_spec, job.made_with) == (counted, None, job.spec), job_id
         assert {job.id for job in await store.unshown_finished()} == {
             job_id for job_id, v4 in v4_jobs.items() if v4["final_shown"] == 0 and v4["state"] in ("done", "failed", "cancelled")
         }

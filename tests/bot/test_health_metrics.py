@@ -8,7 +8,9 @@ import io
 import json
 import logging
 import socket
+import sqlite3
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from fakediscord import FakeDiscord
 from prometheus_client.parser import text_string_to_metric_families
 from test_entry_point import REPO_ROOT, bot_environment
 
+from bot import health
 from bot.jobs.simulated import SimulatedGenerationClient
 from bot.logs import CHATTY_LOGGERS, configure_logging
 
@@ -132,6 +135,31 @@ async def test_healthz_is_503_while_the_database_cannot_be_written_and_recovers(
     # The probe left no transaction open: the bot still writes.
     _, job_id = await imagine(fake_discord, world.channel, world.alice, "after the check")
     await wait_for_result(fake_discord, world.channel, job_id)
+
+
+async def test_a_database_locked_by_another_process_fails_the_probe_in_time_and_blocks_nothing(
+    fake_discord, world, start_bot, monkeypatch
+):
+    probe_timeout = 1.0
+    monkeypatch.setattr(health, "DATABASE_CHECK_TIMEOUT", probe_timeout)
+    bot = await start_bot(health=HEALTH)
+    other = sqlite3.connect(bot.settings.database_path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        asked = time.monotonic()
+        status, body = await healthz(bot)
+        assert time.monotonic() - asked < probe_timeout + 0.5
+        assert status == 503 and not body["database"]["ok"], body
+        # The probe gave the bot's connection back when it answered: the bot's own reads go on at once.
+        await asyncio.wait_for(bot.store.get("nosuchjb"), 0.5)
+    finally:
+        other.rollback()
+        other.close()
+    # And once the other process lets go, the bot writes at once, and the probe says so.
+    _, job_id = await asyncio.wait_for(imagine(fake_discord, world.channel, world.alice, "after the lock"), 5)
+    await wait_for_result(fake_discord, world.channel, job_id)
+    status, body = await healthz(bot)
+    assert status == 200 and body["database"] == {"ok": True, "writable": True}
 
 
 async def test_healthz_says_discord_is_down_while_the_gateway_reconnects(fake_discord, world, start_bot, discord_error_log):

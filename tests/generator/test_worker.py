@@ -253,12 +253,35 @@ async def test_out_of_memory_alone_retries_with_fewer_cutouts_then_fails_clearly
     impossible = request(dream("[oom] an impossible dream", seed=57, steps=1))
     detailed_events, impossible_events = await asyncio.gather(run(client, detailed), run(client, impossible))
 
-    # Every step with more than 1 cutout runs out of memory for this job: it finished, so it was retried with 1.
+    # Every step with more than 1 cutout runs out of memory for this job: it finished, so it was retried with 1,
+    # and its result says so.
     assert progress_steps(detailed_events) == [1]
-    result_of(detailed_events)
+    assert result_of(detailed_events).cutouts == 1
     failure = impossible_events[-1]
     assert isinstance(failure, JobFailed) and "ran out of memory" in failure.reason
     assert client.health().pid == pid_before
+
+
+async def test_out_of_memory_midway_starts_the_job_over_with_half_the_cutouts_so_its_seed_makes_it_again(client):
+    """Out of memory at its third step, alone: the job is made again from the start with 1 cutout instead of 2,
+    and its result says 1. The same seed with 1 cutout (a reroll of what the result card shows) gives the very
+    same image; steps made with 2 cutouts and then 1 would give one that no settings make again."""
+    asked = dream("[oom-above-cutouts=1@2] a lighthouse", seed=58, steps=3)
+    events = await run(client, request(asked))
+    result = result_of(events)
+    assert (result.cutouts, progress_steps(events)) == (1, [1, 2, 1, 2, 3])
+
+    again = result_of(await run(client, request(asked.with_changes(cutouts=1))))
+    assert (again.cutouts, again.png) == (1, result.png)
+    assert result_of(await run(client, request(asked.with_changes(steps=2)))).cutouts == 2  # no shortage: as asked
+
+
+async def test_a_cancel_that_comes_before_its_job_keeps_it_from_running(client):
+    job = request(PEAR)
+    # Cancelled while the caller was still handing it over: the client does not know it yet, and remembers.
+    assert not await client.cancel(job.job_id)
+    assert await run(client, job) == [JobCancelled(job.job_id)]
+    assert client.health().in_flight_jobs == ()
 
 
 async def test_progress_snapshots_and_timelapse(client):

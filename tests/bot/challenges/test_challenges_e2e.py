@@ -349,6 +349,29 @@ async def test_a_challenge_channel_the_bot_cannot_post_in_starts_nothing(fake_di
     assert "Challenge #" in await start_challenge(fake_discord, people)
 
 
+async def test_a_theme_with_a_banned_word_is_refused_naming_the_theme_and_starts_nothing(
+    fake_discord, people, world, start_challenge_bot
+):
+    bot = await start_challenge_bot(limits={"banned_words": ("gore",)})
+    added = await answer(await fake_discord.invoke_command(people.channel, people.boss, "settings words add", words="kraken"))
+    assert "Added 1" in added
+    posted_before = len(fake_discord.messages_in(people.channel))
+
+    for theme, word in (("Lighthouses and g0re", "gore"), ("The K.R.A.K.E.N rises", "kraken")):
+        said = await answer(await fake_discord.invoke_command(
+            people.channel, people.boss, "challenge start", theme=theme, duration="2d"))
+        assert said == f"Your challenge theme contains “{word}”, which this server does not allow.", said
+
+    cog = bot.challenges
+    assert await cog.store.running(people.guild.id) is None and people.guild.id not in cog.running_guilds
+    assert len(fake_discord.messages_in(people.channel)) == posted_before
+    # Another server keeps only the host's words.
+    other_boss = fake_discord.add_member(world.guilds[1], "other boss", permissions=Permission.MANAGE_GUILD)
+    started = await answer(await fake_discord.invoke_command(
+        world.channels[1], other_boss, "challenge start", theme="The kraken rises", duration="2d"))
+    assert "Challenge #" in started
+
+
 async def test_only_the_members_own_finished_jobs_of_this_server_can_be_entered(
     fake_discord, people, world, start_challenge_bot
 ):

@@ -31,6 +31,7 @@ from generator.wire import WorkerConfig
 pytestmark = pytest.mark.timeout(300)
 
 RESULT_TIMEOUT = 150.0
+TINY_NOTE = "Made with the tiny test models: this is noise, not your prompt."
 REAL_SETTINGS = {
     "worker": {"max_batch_size": 2, "sizes": (128,), "snapshots_per_job": 2},
     "limits": {"max_cutouts": 2, "default_steps": 2, "default_size": 128},
@@ -119,9 +120,12 @@ async def test_three_servers_get_real_images_in_fair_order_within_discords_rules
         assert png_size(result_png(message, submitted[prompt])) == (128, 128)
     # Servers take turns, then the users within a server.
     assert await started_order(bot.store, submitted) == ["a1", "c1", "d1", "b1", "c2", "a2", "a3"]
-    # Progress edits arrived, never closer together than the interval.
+    # Progress edits arrived, never closer together than the interval. Tiny models draw noise, and every
+    # progress and result message made with them says so.
     for message in results.values():
         assert any("%) step" in version.content for version in message.versions)
+        assert all(TINY_NOTE in version.content for version in message.versions if "%) step" in version.content)
+        assert TINY_NOTE in message.content
         times = [version.at for version in message.versions]
         assert all(later - earlier >= 0.5 * 0.95 for earlier, later in itertools.pairwise(times)), times
     assert rate_limit.hits == 1

@@ -206,6 +206,21 @@ async def test_lifecycle_records_timestamps_attempts_and_results(store: JobStore
     assert done.is_finished
 
 
+async def test_what_the_worker_made_the_image_with_is_kept_beside_what_was_asked(store: JobStore, database: Database) -> None:
+    asked = DreamSpec("a lighthouse", seed=5, cutouts=32)
+    job = await new_job(store, spec=asked)
+    await store.mark_running(job.id)
+    done = await store.mark_done(job.id, png_path="results/x.png", ran_spec=asked.with_changes(cutouts=16))
+
+    assert (done.spec, done.ran_spec, done.made_with.cutouts) == (asked, asked.with_changes(cutouts=16), 16)
+    assert await store.require(job.id) == done
+    async with database.reading() as db, db.execute("SELECT ran_spec FROM jobs WHERE id = ?", (job.id,)) as cursor:
+        (text,) = await cursor.fetchone()
+    # The same document as the spec: a setting added later needs no migration here either.
+    assert json.loads(text) == asked.with_changes(cutouts=16).to_document()
+    assert (await new_job(store)).made_with == DreamSpec("a bowl of cherries", seed=7)  # not made yet: the spec
+
+
 @pytest.mark.parametrize(
     ("setup", "illegal"),
     [

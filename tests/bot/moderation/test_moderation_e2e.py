@@ -146,6 +146,31 @@ async def test_a_blocked_member_gets_a_clear_refusal_everywhere_until_unblocked(
     assert entries[1].moderator_id == boss.id and entries[1].after == {"reason": "spamming"}
 
 
+async def test_a_block_reason_with_a_banned_word_is_refused_naming_the_reason_and_blocks_nobody(
+    fake_discord, world, boss, start_bot
+):
+    bot = await start_bot(limits={"banned_words": ("gore",)})
+    log_channel = fake_discord.add_channel(world.guilds[0], "mod-log")
+    await run(fake_discord, world.channel, boss, "settings log-channel", channel=log_channel)
+    assert "Added 1" in (await run(fake_discord, world.channel, boss, "settings words add", words="kraken")).content
+    logged_before = len(fake_discord.messages_in(log_channel))
+
+    for reason, word in (("posting g0re", "gore"), ("calls everyone a k r a k e n", "kraken")):
+        response = await run(fake_discord, world.channel, boss, "settings block", member=world.bob, reason=reason)
+        assert response.ephemeral
+        assert response.content == f"Your block reason contains “{word}”, which this server does not allow."
+
+    assert bot.moderation.blocked(world.guilds[0].id, world.bob.id) is None
+    assert (await imagine(fake_discord, world.channel, world.bob, "still welcome"))[1]
+    assert [e.action for e in await bot.moderation.store.actions(world.guilds[0].id)][0] == "words.add"
+    await bot.progress.idle()
+    assert len(fake_discord.messages_in(log_channel)) == logged_before
+    # A clean reason blocks as before, and is what the member is told.
+    assert "Blocked" in (await run(fake_discord, world.channel, boss, "settings block", member=world.bob, reason="spam")).content
+    refused, _ = await imagine(fake_discord, world.channel, world.bob, "let me in")
+    assert refused.content.endswith("Reason: spam")
+
+
 async def test_banned_words_channels_limits_and_spoilers_per_server(fake_discord, world, boss, start_bot):
     bot = await start_bot(limits={"banned_words": ("gore",)})
     guild = world.guilds[0]

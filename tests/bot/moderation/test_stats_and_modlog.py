@@ -34,7 +34,7 @@ def test_percentiles_on_small_samples(values, fraction, expected):
 def _row(user: int, created: float, state: str = "done", wait: float = 10.0, wall: float = 30.0) -> StatsRow:
     started = created + wait if state != "queued" else None
     finished = started + wall if state in ("done", "failed", "cancelled") and started is not None else None
-    return StatsRow(user, f"user{user}", state, created, started, finished, wall if state == "done" else None)
+    return StatsRow(user, f"user{user}", state, created, started, finished, wall if finished is not None else 0.0)
 
 
 def test_the_period_is_whole_utc_days_so_the_days_add_up_to_the_total():
@@ -46,7 +46,8 @@ def test_the_period_is_whole_utc_days_so_the_days_add_up_to_the_total():
     assert sum(count for _, count in stats.per_day) == stats.jobs == 4
     assert stats.failure_rate == pytest.approx(1 / 3) and stats.waiting_or_running == 1
     assert stats.top_users == [(1, "user1", 2), (2, "user2", 2)]
-    assert stats.gpu_seconds == 60.0 and stats.wait_p50 == 10.0
+    # The failed job's run took GPU time too, as the budget counts it.
+    assert stats.gpu_seconds == 90.0 and stats.wait_p50 == 10.0
 
 
 def _action(n: int, before, after, target: str = "server") -> ModAction:
