@@ -7,7 +7,7 @@ the same thing wherever it is run.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
@@ -25,12 +25,42 @@ CLIP_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # documents load with the default. Bump it only for a change older documents cannot be read by.
 SPEC_DOCUMENT_VERSION = 1
 # Fields sent to the worker with a job but never stored: a variation's latents live in a file the bot keeps, and
-# the snapshot interval is worked out for each run.
+# the snapshot interval is worked out for each run. (Image prompts are stored by key only: see ImagePrompt.)
 _TRANSPORT_ONLY_FIELDS = frozenset({"init_latents", "snapshot_every"})
+# Image prompts per job (/blend takes up to four), and how strongly one may pull compared with a text prompt (1.0).
+MAX_IMAGE_PROMPTS = 4
+DEFAULT_IMAGE_WEIGHT = 1.0
+MAX_IMAGE_WEIGHT = 5.0
 
 
 class SpecError(ValueError):
     """A dream setting a user chose is out of range; the message is written for that user."""
+
+
+@dataclass(frozen=True)
+class ImagePrompt:
+    """A picture the result should look like: CLIP's embedding of it becomes a target beside the text prompts.
+
+    The contract between the bot and the generator:
+    - `key` names the bot's own copy of the image (a path relative to the bot's data dir, written by the bot after
+      it fetched and checked the upload, or the path of an earlier result for `like:`). The stored spec document
+      keeps `key` and `weight` only, never the pixels.
+    - `png` carries the image's bytes (PNG, RGB, already checked and bounded in size by whoever made it) to the
+      worker. It is transport only: the bot reads the file named by `key` and fills `png` in right before it
+      submits a job (as it does for a variation's `init_latents`); the worker refuses an image prompt without it.
+    - `weight` scales its pull: 1.0 pulls as strongly as one text prompt.
+    """
+
+    key: str
+    weight: float = DEFAULT_IMAGE_WEIGHT
+    png: bytes | None = field(default=None, repr=False, compare=False)
+
+    def to_document(self) -> dict[str, Any]:
+        return {"key": self.key, "weight": self.weight}
+
+    @classmethod
+    def from_document(cls, document: Mapping[str, Any]) -> ImagePrompt:
+        return cls(key=str(document["key"]), weight=float(document.get("weight", DEFAULT_IMAGE_WEIGHT)))
 
 
 @dataclass(frozen=True)
@@ -51,6 +81,8 @@ class DreamSpec:
     # Latents (an .npz written by the engine for an earlier result) to start from, for variations.
     init_latents: bytes | None = field(default=None, repr=False)
     init_noise: float = 0.0
+    # Pictures to steer toward (see ImagePrompt for who fills in their bytes); with one, the text prompt may be empty.
+    image_prompts: tuple[ImagePrompt, ...] = ()
 
     @property
     def prompts(self) -> list[str]:
@@ -69,6 +101,7 @@ class DreamSpec:
         for spec_field in fields(self):
             if spec_field.name not in _TRANSPORT_ONLY_FIELDS:
                 document[spec_field.name] = getattr(self, spec_field.name)
+        document["image_prompts"] = [image.to_document() for image in self.image_prompts]
         return document
 
     @classmethod
@@ -87,12 +120,26 @@ class DreamSpec:
                    and f.default_factory is MISSING]
         if missing:
             raise ValueError(f"the spec document lacks {', '.join(missing)}, which have no default")
-        return cls(**{f.name: document[f.name] for f in stored if f.name in document})
+        values = {f.name: document[f.name] for f in stored if f.name in document}
+        if "image_prompts" in values:
+            values["image_prompts"] = tuple(ImagePrompt.from_document(image) for image in values["image_prompts"])
+        return cls(**values)
+
+    def with_image_bytes(self, read: Callable[[str], bytes]) -> DreamSpec:
+        """The spec with every image prompt's bytes filled in from `read(key)` (the bot, before submitting)."""
+        if not self.image_prompts:
+            return self
+        return replace(self, image_prompts=tuple(replace(image, png=read(image.key)) for image in self.image_prompts))
 
     def validate(self) -> DreamSpec:
         """Check ranges that do not need the models (prompt length against CLIP needs the tokenizer)."""
-        if not self.prompts:
-            raise SpecError("The prompt is empty: describe what you want to see.")
+        if not self.prompts and not self.image_prompts:
+            raise SpecError("The prompt is empty: describe what you want to see, or give an image to steer by.")
+        if len(self.image_prompts) > MAX_IMAGE_PROMPTS:
+            raise SpecError(f"Use at most {MAX_IMAGE_PROMPTS} image prompts, not {len(self.image_prompts)}.")
+        for image in self.image_prompts:
+            if not 0.0 < image.weight <= MAX_IMAGE_WEIGHT:
+                raise SpecError(f"An image prompt's weight must be above 0 and at most {MAX_IMAGE_WEIGHT:g}, not {image.weight:g}.")
         if self.size not in ALLOWED_SIZES:
             raise SpecError(f"Size must be one of {', '.join(map(str, ALLOWED_SIZES))} pixels, not {self.size}.")
         if not 1 <= self.steps <= MAX_STEPS:

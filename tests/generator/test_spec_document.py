@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from generator.protocol import SPEC_DOCUMENT_VERSION, DreamSpec
+from generator.protocol import SPEC_DOCUMENT_VERSION, DreamSpec, SpecError
 
 SPEC = DreamSpec("a red fox | snow", negative="blurry", seed=2**63 - 1, steps=150, size=512, cutouts=16,
                  learning_rate=0.05, ema_decay=0.98, max_classes=12, init_noise=0.3)
@@ -71,3 +71,25 @@ def test_a_document_without_a_prompt_is_refused():
 
     with pytest.raises(ValueError, match="lacks prompt"):
         DreamSpec.from_document(document)
+
+
+def test_image_prompts_are_stored_by_key_and_weight_and_their_bytes_filled_in_by_the_bot():
+    from generator.protocol import ImagePrompt
+
+    spec = DreamSpec(prompt="", image_prompts=(ImagePrompt("prompts/ab/ab12.png", 2.0, png=b"pixels"),)).validate()
+    document = json.loads(json.dumps(spec.to_document()))
+    assert document["image_prompts"] == [{"key": "prompts/ab/ab12.png", "weight": 2.0}]  # never the pixels
+    stored = DreamSpec.from_document(document)
+    assert stored.image_prompts[0].png is None and stored == spec
+    assert stored.with_image_bytes({"prompts/ab/ab12.png": b"again"}.__getitem__).image_prompts[0].png == b"again"
+
+
+def test_an_empty_prompt_needs_an_image_and_image_weights_stay_in_range():
+    from generator.protocol import ImagePrompt
+
+    with pytest.raises(SpecError, match="empty"):
+        DreamSpec(prompt="").validate()
+    with pytest.raises(SpecError, match="weight"):
+        DreamSpec(prompt="", image_prompts=(ImagePrompt("a.png", 0.0),)).validate()
+    with pytest.raises(SpecError, match="at most 4"):
+        DreamSpec(prompt="x", image_prompts=tuple(ImagePrompt(f"{n}.png") for n in range(5))).validate()
