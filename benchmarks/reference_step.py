@@ -59,10 +59,11 @@ def reference_losses(biggan, clip, z, class_logits, crop_rng: torch.Generator, c
     """(similarity, latent, class) losses of the reference formulation for one image; crops drawn from `crop_rng`."""
     classes = torch.sigmoid(class_logits)
     image = reference_render(biggan, z, classes)
+    input_size = clip.visual.input_resolution  # 224 for ViT-B/32
     pieces = []
     for top, left, side in reference_crop_boxes(image.shape[-1], cutouts, crop_rng):
         piece = image[:, :, top : top + side, left : left + side]
-        pieces.append(F.interpolate(piece, (224, 224), mode="nearest"))
+        pieces.append(F.interpolate(piece, (input_size, input_size), mode="nearest"))
     crops = torch.cat(pieces)
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1).to(crops)
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1).to(crops)

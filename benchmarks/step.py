@@ -12,9 +12,10 @@ gradients are from the reference formulation's (so every speed-up is shown to be
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
-import statistics
+import platform
 import subprocess
 import sys
 import threading
@@ -25,6 +26,7 @@ warnings.filterwarnings("ignore")
 
 import psutil  # noqa: E402
 import torch  # noqa: E402
+from clip.model import convert_weights  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from benchmarks.reference_step import reference_losses  # noqa: E402
@@ -32,7 +34,7 @@ from generator import biggan as biggan_ops  # noqa: E402
 from generator import clip_model  # noqa: E402
 from generator.engine import DreamEngine, dream  # noqa: E402
 from generator.latents import Latents  # noqa: E402
-from generator.models import assemble, clip_dtype_for, resolve_device  # noqa: E402
+from generator.models import assemble, clip_dtype_for, prepare_process, resolve_device  # noqa: E402
 from generator.protocol import CLIP_PRECISIONS, QUALITY_PRESETS, DreamSpec  # noqa: E402
 
 PROMPT = "a bowl of cherries"
@@ -43,6 +45,8 @@ NEGATIVE = "a blurry photo"
 # error; a half-precision CLIP passes within HALF_TOLERANCE relative difference.
 FP32_SLACK = 2.0
 HALF_TOLERANCE = 5e-2
+# The reference as BigSleep runs it on the device: clip.load keeps OpenAI's fp16 weights on a GPU, fp32 on the CPU.
+REFERENCE_AS_BIGSLEEP = "reference-as-bigsleep"
 # Both steps seed a generator with this for their crops, and each draws its crop positions its own way.
 CROP_SEED = 2
 
@@ -87,23 +91,43 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_steps(step, device: torch.device, repeats: int) -> tuple[list[float], int]:
-    times = []
+def time_steps(step, device: torch.device, repeats: int) -> dict:
+    """FLOPs of one step (counted on the warm-up step: allocator, kernel selection, lazy initialisation), then
+    each timed step's wall and CPU seconds; peak memory over all of them. On a shared machine CPU seconds change
+    far less than wall seconds with the other load."""
+    times, cpu_times = [], []
     with PeakMemory(device) as memory:
-        step()  # warm-up (untimed): allocator, kernel selection, lazy initialisation
+        flops = count_flops(step)
         synchronize(device)
         for _ in range(repeats):
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             step()
             synchronize(device)
             times.append(time.perf_counter() - started)
-    return times, memory.peak_bytes
+            cpu_times.append(time.process_time() - cpu_started)
+    return {"times": times, "cpu_times": cpu_times, "flops": flops, "peak_bytes": memory.peak_bytes}
 
 
 def count_flops(step) -> int:
     with FlopCounterMode(display=False) as counter:
         step()
     return counter.get_total_flops()
+
+
+def machine_description(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model, threads and the vector extensions that decide its speed."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model, flags = platform.processor() or "CPU", set()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    shown = [flag for flag in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if flag in flags]
+    return f"{model}, {torch.get_num_threads()} threads, {' '.join(shown) or 'no flags read'}"
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -132,24 +156,41 @@ def format_errors(errors: dict[str, float]) -> str:
     return ", ".join(f"{label} {error:.2e}" for label, error in errors.items())
 
 
-def print_speed_table(args, ours_dtype: torch.dtype) -> None:
-    """Time each variant in a fresh process, so that each one's peak memory is its own."""
-    print("\n== speed (each variant in a fresh process: one warm-up step, then the timed ones) ==")
-    variants = ["ours"] if args.skip_reference_timing else ["reference", "ours"]
-    seconds_by_variant = {}
-    for variant in variants:
-        command = [sys.executable, "-m", "benchmarks.step", "--time-variant", variant, "--size", str(args.size),
-                   "--cutouts", str(args.cutouts), "--device", args.device, "--repeats", str(args.repeats),
-                   "--clip-precision", args.clip_precision]
-        report = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-        seconds = statistics.median(report["times"])
-        seconds_by_variant[variant] = seconds
-        name = "reference fp32" if variant == "reference" else "ours " + dtype_name(ours_dtype)
-        print(f"{name:>16}: {seconds:7.2f} s/step (runs {', '.join(f'{t:.2f}' for t in report['times'])}), "
-              f"{report['flops'] / 1e12:.2f} TFLOP/step, {report['flops'] / seconds / 1e9:6.1f} GFLOP/s, "
+def time_variant(args, variant: str, clip_precision: str) -> dict:
+    """Time one variant in a fresh process, so that its peak memory is its own."""
+    command = [sys.executable, "-m", "benchmarks.step", "--time-variant", variant, "--size", str(args.size),
+               "--cutouts", str(args.cutouts), "--device", args.device, "--repeats", str(args.repeats),
+               "--clip-precision", clip_precision]
+    report = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    # The least disturbed run counts: on a shared machine other processes only ever add time.
+    report["seconds"] = min(report["times"])
+    return report
+
+
+def print_speed_table(args, device: torch.device, ours_dtype: torch.dtype) -> None:
+    """Ours against the reference as BigSleep runs it on this device (CLIP in fp16 on CUDA, as clip.load leaves
+    it there; fp32 on the CPU). On CUDA a second line compares both in fp32."""
+    print("\n== speed (each variant in a fresh process: one warm-up step, then the timed ones; the fastest counts) ==")
+    on_cuda = device.type == "cuda"
+    rows = [("ours " + dtype_name(ours_dtype), "ours", args.clip_precision)]
+    if not args.skip_reference_timing:
+        rows.insert(0, ("reference, CLIP fp16 (as BigSleep on CUDA)" if on_cuda else "reference fp32", REFERENCE_AS_BIGSLEEP, "auto"))
+        if on_cuda:
+            rows += [("reference fp32", "reference", "auto"), ("ours fp32", "ours", "fp32")]
+    seconds, cpu_seconds, width = {}, {}, max(len(name) for name, _, _ in rows)
+    for name, variant, clip_precision in rows:
+        report = time_variant(args, variant, clip_precision)
+        seconds[name] = report["seconds"]
+        cpu_seconds[name] = min(report["cpu_times"])
+        print(f"{name:>{width}}: {report['seconds']:7.2f} s/step (runs {', '.join(f'{t:.2f}' for t in report['times'])}; "
+              f"CPU {', '.join(f'{t:.1f}' for t in report['cpu_times'])} s), "
+              f"{report['flops'] / 1e12:.2f} TFLOP/step, {report['flops'] / report['seconds'] / 1e9:6.1f} GFLOP/s, "
               f"peak memory +{report['peak_bytes'] / 2**20:,.0f} MiB")
-    if "reference" in seconds_by_variant:
-        print(f"speed-up over the reference: {seconds_by_variant['reference'] / seconds_by_variant['ours']:.2f}x")
+    if len(rows) > 1:
+        print(f"speed-up over the reference as BigSleep runs it: {seconds[rows[0][0]] / seconds[rows[1][0]]:.2f}x"
+              + ("" if on_cuda else f" (in CPU seconds: {cpu_seconds[rows[0][0]] / cpu_seconds[rows[1][0]]:.2f}x)"))
+    if len(rows) == 4:
+        print(f"speed-up, both in fp32: {seconds['reference fp32'] / seconds['ours fp32']:.2f}x")
 
 
 def main() -> None:
@@ -162,14 +203,16 @@ def main() -> None:
                         help="cutouts for the equivalence check (its float64 reference is slow and memory-hungry)")
     parser.add_argument("--repeats", type=int, default=2, help="timed steps per variant (after one warm-up)")
     parser.add_argument("--skip-reference-timing", action="store_true", help="check equivalence only, time ours")
-    parser.add_argument("--time-variant", choices=("reference", "ours"), help=argparse.SUPPRESS)
+    parser.add_argument("--time-variant", choices=("reference", REFERENCE_AS_BIGSLEEP, "ours"), help=argparse.SUPPRESS)
     parser.add_argument("--cpu-preset-run", action="store_true", help="time a whole run of the 'cpu' preset at 128 px")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
+    if args.time_variant == "ours":
+        prepare_process(device)  # as the worker and the command line run: the reference has no such settings
     ours_dtype = clip_dtype_for(args.clip_precision, device)
-    print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'}), "
-          f"torch {torch.__version__}, size {args.size} px, {args.cutouts} cutouts, our CLIP in {dtype_name(ours_dtype)}")
+    print(f"device: {device} ({machine_description(device)}), torch {torch.__version__}, size {args.size} px, "
+          f"{args.cutouts} cutouts, our CLIP in {dtype_name(ours_dtype)}")
 
     raw_biggan = biggan_ops.random_biggan(biggan_ops.config_for_size(args.size))
     raw_clip = clip_model.random_clip("full")
@@ -185,6 +228,8 @@ def main() -> None:
         negative = clip_model.encode_texts(reference_clip, spec.negative_prompts, device)
 
     def reference_step_in(biggan, clip, dtype, cutouts=args.cutouts):
+        # BigSleep's texts come out of CLIP in CLIP's own dtype (fp16 on CUDA), its latents stay in BigGAN's.
+        text_dtype = clip.visual.conv1.weight.dtype if dtype == torch.float32 else dtype
         def step():
             z = initial.z.detach().to(dtype).clone().requires_grad_()
             logits = initial.class_logits.detach().to(dtype).clone().requires_grad_()
@@ -192,11 +237,13 @@ def main() -> None:
             clip.zero_grad(set_to_none=True)
             # The reference draws its own crops, its own way, from a generator seeded as ours is below.
             crop_rng = torch.Generator().manual_seed(CROP_SEED)
-            loss = sum(reference_losses(biggan, clip, z, logits, crop_rng, cutouts, positive.to(dtype), negative.to(dtype)))
+            loss = sum(reference_losses(biggan, clip, z, logits, crop_rng, cutouts, positive.to(text_dtype), negative.to(text_dtype)))
             loss.backward()
             return loss.detach(), z.grad, logits.grad
         return step
 
+    if args.time_variant == REFERENCE_AS_BIGSLEEP and device.type == "cuda":
+        convert_weights(reference_clip)  # what clip.load leaves on a GPU: OpenAI's fp16 weights
     reference_step = reference_step_in(reference_biggan, reference_clip, torch.float32)
 
     engine = DreamEngine(ours)
@@ -235,12 +282,10 @@ def main() -> None:
         print(f"verdict: {verdict} ({rule}); exact loss {exact[0].item():.5f}")
 
     if args.time_variant:
-        step = reference_step if args.time_variant == "reference" else our_step
-        flops = count_flops(step)
-        times, peak = time_steps(step, device, args.repeats)
-        print(json.dumps({"times": times, "flops": flops, "peak_bytes": peak}))
+        step = our_step if args.time_variant == "ours" else reference_step
+        print(json.dumps(time_steps(step, device, args.repeats)))
         return
-    print_speed_table(args, ours_dtype)
+    print_speed_table(args, device, ours_dtype)
 
     if args.cpu_preset_run:
         preset = QUALITY_PRESETS["cpu"]

@@ -34,7 +34,7 @@ from bot.jobs.dispatcher import Dispatcher, DispatchSettings, settings_from
 from bot.jobs.fair_queue import FairQueue
 from bot.jobs.files import ResultFiles
 from bot.jobs.imagine import ImagineCog
-from bot.jobs.ports import GenerationBackend
+from bot.jobs.ports import GenerationBackend, WorkerPool
 from bot.jobs.progress import ProgressMessages
 from bot.jobs.services import JobServices
 from bot.jobs.store import JobStore
@@ -46,31 +46,48 @@ from bot.moderation.store import ModerationStore
 from bot.settings import BotSettings
 from bot.sharding import IdentifyPacer
 from generator.tokens import count_tokens
+from generator.wire import WorkerConfig
 
 log = logging.getLogger(__name__)
 
-BackendFactory = Callable[[BotSettings], GenerationBackend]
+BackendFactory = Callable[[BotSettings], WorkerPool | GenerationBackend]
 SyncTarget = Literal["global"] | int | None
 
 
-def generation_client_for(settings: BotSettings) -> GenerationBackend:
-    """The real worker client (one generation process). Imported here so tests can run without it."""
-    from generator.client import GenerationClient
-    from generator.wire import WorkerConfig
+def generation_backend_for(settings: BotSettings) -> WorkerPool:
+    """The real workers, as worker.backend says: local processes (one per device of worker.devices), or actors on
+    the Ray cluster at cluster.address. Imported here so tests can run without them."""
+    config = worker_config_for(settings)
+    if settings.worker.backend == "ray":
+        from generator.ray_pool import RayPool, RayPoolConfig
 
-    config = WorkerConfig(
+        cluster = settings.cluster
+        return RayPool(RayPoolConfig(
+            address=cluster.address, worker=config, gpus_per_worker=cluster.gpus_per_worker,
+            cpus_per_worker=cluster.cpus_per_worker, max_workers=cluster.max_workers, namespace=cluster.namespace,
+            connect_timeout_s=cluster.connect_timeout_seconds, silence_timeout_s=cluster.silence_timeout_seconds,
+            stop_timeout_s=settings.worker.stop_timeout_seconds,
+        ))
+    from generator.pool import local_devices, local_pool
+
+    return local_pool(config, local_devices(settings.worker.devices, settings.device), settings.worker.cpu_threads)
+
+
+def worker_config_for(settings: BotSettings) -> WorkerConfig:
+    """Every worker's configuration (the pool gives each its device and name)."""
+    return WorkerConfig(
         models_kind=settings.models,
         sizes=tuple(settings.worker.sizes),
         device=settings.device,
         max_batch_size=settings.worker.max_batch_size,
         clip_precision=settings.worker.clip_precision,
+        clip_model=settings.worker.clip_model,
         hang_timeout_s=settings.worker.hang_timeout_seconds,
         startup_timeout_s=settings.worker.startup_timeout_seconds,
         log_level=settings.log_level,
         # The bot's own formatters, so the generation process's lines are shaped and redacted like the bot's.
         log_formatter="bot.logs:JsonLineFormatter" if settings.log_format == "json" else "bot.logs:TextLineFormatter",
     )
-    return GenerationClient(config)
 
 
 class BigSleepTree(app_commands.CommandTree):
@@ -119,7 +136,7 @@ class BigSleepBot(commands.Bot):
         self,
         settings: BotSettings,
         *,
-        backend_factory: BackendFactory = generation_client_for,
+        backend_factory: BackendFactory = generation_backend_for,
         sync: SyncTarget = None,
         clock: Callable[[], float] = time.time,
         **options: Any,
@@ -210,7 +227,9 @@ class BigSleepBot(commands.Bot):
         settings = self.settings
         self.moderation = moderation = ModerationService(
             ModerationStore(self.database),
-            base_limits=ServerLimits.of_host(settings.limits),
+            base_limits=ServerLimits.of_host(
+                settings.limits, center_bias=settings.worker.center_bias, save_best=settings.worker.save_best
+            ),
             global_banned_words=settings.limits.banned_words,
             queue=queue,
             # The dispatcher is built below; moderation only wakes it once the bot runs.
@@ -233,8 +252,9 @@ class BigSleepBot(commands.Bot):
             settings.progress,
             spoiler_for=moderation.spoiler_for,
             # The dispatcher is built below; the kind is read as each message is made.
-            models_kind=lambda: self.dispatcher.worker_health().models_kind,
+            models_kind=lambda: self.dispatcher.pool_health().models_kind,
             result_buttons=[self.challenges.submit_button_for],
+            files=self.files,
         )
         self.dispatcher = Dispatcher(
             store=self.store,

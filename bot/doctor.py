@@ -8,10 +8,14 @@ sends it only over TLS (or to this machine: a test server), never in plain text 
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import re
 import shutil
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -38,9 +42,64 @@ def diagnose(config: Path | None = None, *, offline: bool = False, environ: Mapp
     findings: list[Finding] = []
     settings = check_settings(findings, BotSettings, load_settings, config, environ)
     check_machine(findings, settings)
+    if settings.worker.backend == "ray":
+        guarded(findings, "cluster", lambda: findings.extend(check_cluster(settings)))
     guarded(findings, "data dir", lambda: findings.extend(_check_data_dir(settings)))
     guarded(findings, "token", lambda: findings.extend(_check_token(environ, offline=offline)))
     return findings
+
+
+# ---- the Ray cluster (worker.backend = "ray") ----------------------------------------------------------------
+
+
+def check_cluster(settings: BotSettings, environ: Mapping[str, str] | None = None) -> list[Finding]:
+    """Ray installed, the cluster's address answering, what it offers (nodes, GPUs: how many workers), and
+    whether this connection uses Ray's token authentication."""
+    environ = os.environ if environ is None else environ
+    cluster = settings.cluster
+    if importlib.util.find_spec("ray") is None:
+        return [Finding("FAIL", "cluster", 'worker.backend = "ray" but Ray is not installed',
+                        'pip install "bigsleep-bot[cluster]" (on the bot\'s machine and on every GPU machine)')]
+    from generator.ray_bridge import reachability_problem
+
+    problem = reachability_problem(cluster.address)
+    if problem is not None:
+        return [Finding("FAIL", "cluster", f"the Ray cluster at {cluster.address} cannot be reached: {problem}",
+                        "start it (`ray start --head` there) or fix cluster.address; the bot runs meanwhile, "
+                        "and jobs wait until it answers")]
+    findings = [_check_ray_auth(environ)]
+    try:
+        probe = subprocess.run([sys.executable, "-m", "generator.ray_bridge", cluster.address], capture_output=True,
+                               text=True, timeout=cluster.connect_timeout_seconds + 15, check=False)
+        offered = json.loads(probe.stdout.strip().splitlines()[-1]) if probe.returncode == 0 else None
+    except (subprocess.TimeoutExpired, ValueError, IndexError):
+        offered = None
+    if offered is None:
+        findings.append(Finding("FAIL", "cluster", f"the Ray cluster at {cluster.address} answers but did not let "
+                                "this machine connect as a client", "check Ray's versions match (ray --version) and "
+                                "its token authentication (RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH): see the README"))
+        return findings
+    if cluster.gpus_per_worker > 0:
+        room = int(offered["gpus"] // cluster.gpus_per_worker)
+    else:
+        room = int(offered["cpus"] // cluster.cpus_per_worker)
+    workers = room if cluster.max_workers == 0 else min(room, cluster.max_workers)
+    summary = (f"the Ray cluster at {cluster.address} answers: {offered['nodes']} node(s), {offered['gpus']:g} GPU(s), "
+               f"{offered['cpus']:g} CPU(s); room for {workers} worker(s) now")
+    if workers == 0:
+        findings.append(Finding("WARN", "cluster", summary, "join a GPU machine (`ray start --address=...` there); "
+                                "workers start as GPUs join"))
+    else:
+        findings.append(Finding("OK", "cluster", summary))
+    return findings
+
+
+def _check_ray_auth(environ: Mapping[str, str]) -> Finding:
+    if environ.get("RAY_AUTH_MODE", "").strip().lower() == "token":
+        return Finding("OK", "cluster", "Ray's token authentication is on for this connection (RAY_AUTH_MODE=token)")
+    return Finding("WARN", "cluster", "Ray's token authentication is off for this connection: anyone who reaches "
+                   "the cluster's ports can run code on it", "start the cluster with RAY_AUTH_MODE=token and give the "
+                   "bot RAY_AUTH_MODE=token and the token (RAY_AUTH_TOKEN_PATH); keep Ray's ports on a private network")
 
 
 # ---- data dir and database -----------------------------------------------------------------------------
@@ -120,8 +179,6 @@ def _token_shape_problem(token: str) -> str | None:
 
 def _ask_discord(token: str, api_base: str) -> tuple[str, str]:
     """('accepted', bot name) | ('refused', why) | ('unreachable', why)."""
-    import json
-
     request = urllib.request.Request(
         f"{api_base.rstrip('/')}/users/@me",
         headers={"Authorization": f"Bot {token}", "User-Agent": "DiscordBot (bigsleep-bot doctor, 0.1)"},

@@ -4,8 +4,10 @@
 "status" is "ok", "starting" (only the first worker is still loading its models) or "unhealthy":
   discord    the gateway is connected and the bot is ready (with the heartbeat latency); a sharded bot lists
              each shard's connection and latency, and is healthy only while every shard is connected
-  worker     the generation worker takes jobs (one still loading its models counts as down); the body has the
-             worker's state, restarts and, while it is down, why (and when it tries again)
+  worker     some generation worker takes jobs (one still loading its models counts as down); the body has the
+             pool's backend, its state and restarts, why it has no worker when it has none ("problem": the Ray
+             cluster cannot be reached, say), and each worker with its id, node, device, sizes, batch size, jobs
+             and state and, while it is down, why (and when it tries again)
   database   the job database can take its write lock, and the data folder accepts a file write
 /metrics is Prometheus's text format (see bot.metrics for the names).
 
@@ -32,6 +34,7 @@ from bot.sharding import shard_states
 if TYPE_CHECKING:
     from bot.app import BigSleepBot
     from bot.settings import HealthSettings
+    from generator.wire import WorkerHealth
 
 log = logging.getLogger(__name__)
 
@@ -133,22 +136,18 @@ class HealthServer:
         dispatcher = getattr(self.bot, "dispatcher", None)
         if dispatcher is None:
             return Check(False, {"state": "not started"})
-        health = dispatcher.worker_health()
+        pool = dispatcher.pool_health()
         details: dict[str, Any] = {
-            "state": health.state,
-            "alive": health.alive,
-            "accepting_jobs": health.accepting_jobs,
-            "restarts": health.restarts,
+            "backend": pool.backend,
+            "state": pool.state,
+            "alive": any(worker.alive for worker in pool.workers),
+            "accepting_jobs": pool.accepting_jobs,
+            "restarts": pool.restarts,
         }
-        optional = {
-            "pid": health.pid,
-            "device": health.device,
-            "failure": health.failure,
-            "failed_starts": health.failed_starts or None,
-            "retry_in_seconds": None if health.retry_at is None else round(max(0.0, health.retry_at - time.time()), 1),
-        }
-        details.update((name, value) for name, value in optional.items() if value is not None)
-        return Check(health.accepting_jobs, details)
+        if pool.problem is not None:
+            details["problem"] = pool.problem
+        details["workers"] = [_worker_details(worker) for worker in pool.workers]
+        return Check(pool.accepting_jobs, details)
 
     async def database_check(self) -> Check:
         database = getattr(self.bot, "database", None)
@@ -169,6 +168,29 @@ class HealthServer:
         await database.check_writable(timeout=DATABASE_CHECK_TIMEOUT * _LOCK_WAIT_SHARE)
         # The write lock says nothing about the disk: a full or read-only file system fails here.
         await asyncio.to_thread(_write_probe_file, Path(self.bot.settings.data_dir) / PROBE_FILE_NAME)
+
+
+def _worker_details(health: WorkerHealth) -> dict[str, Any]:
+    details: dict[str, Any] = {
+        "id": health.worker_id,
+        "node": health.node,
+        "state": health.state,
+        "alive": health.alive,
+        "accepting_jobs": health.accepting_jobs,
+        "restarts": health.restarts,
+        "sizes": list(health.sizes),
+        "jobs": list(health.in_flight_jobs),
+    }
+    optional = {
+        "max_batch_size": health.max_batch_size or None,
+        "pid": health.pid,
+        "device": health.device,
+        "failure": health.failure,
+        "failed_starts": health.failed_starts or None,
+        "retry_in_seconds": None if health.retry_at is None else round(max(0.0, health.retry_at - time.time()), 1),
+    }
+    details.update((name, value) for name, value in optional.items() if value is not None)
+    return details
 
 
 def _only_starting(checks: dict[str, Check]) -> bool:

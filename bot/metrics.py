@@ -6,16 +6,19 @@ running, worker state), so no number here can drift from the thing it describes.
 
 Metric names (all prefixed `bigsleep_`):
   queue_length{guild}                      jobs waiting, per server (servers with none are not listed)
-  jobs_running                             jobs handed to the worker
+  jobs_running                             jobs handed to workers
   jobs_queued_total                        jobs accepted by /imagine, variations and rerolls
   jobs_finished_total{outcome}             done, failed or cancelled
   job_wait_seconds (histogram)             queued -> first start
   job_run_seconds (histogram)              start -> done, for finished images
-  steps_total                              optimisation steps done, summed over jobs: rate() is steps/s
-  steps_per_second                         the same over the last minute, for dashboards without rate()
-  worker_up                                1 while the generation worker takes jobs
-  worker_restarts_total                    worker processes started to replace one that died, hung or failed to
-                                           start (the worker client's own count: one per process)
+  steps_total{worker,node,device}          optimisation steps done, summed over the worker's jobs: rate() is
+                                           steps/s, sum() over workers the bot's
+  steps_per_second                         all workers' over the last minute, for dashboards without rate()
+  worker_up{worker,node,device}            1 while that worker takes jobs (one series per worker the pool has)
+  worker_restarts_total{worker,node,device}  processes started to replace one of that worker's that died, hung or
+                                           failed to start (the worker client's own count: one per process)
+  workers_problem                          1 while the pool says it has a problem (no Ray cluster, say: /healthz
+                                           says which)
   discord_api_errors_total{status,code}    Discord REST answers >= 400, by HTTP status and Discord's JSON code
                                            (429s included, even those discord.py retried by itself)
   discord_gateway_latency_seconds          the last heartbeat's round trip (a sharded bot: the mean over shards)
@@ -42,6 +45,7 @@ from bot.sharding import shard_states
 if TYPE_CHECKING:
     from bot.jobs.dispatcher import Dispatcher
     from bot.jobs.job import Job
+    from generator.wire import WorkerHealth
 
 PREFIX = "bigsleep"
 # From an instant start to a long backlog on a busy server.
@@ -49,6 +53,12 @@ WAIT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
 # From a 128 px preview on a fast GPU to a 5000-step 512 px dream on a CPU.
 RUN_BUCKETS = (5, 10, 20, 30, 60, 90, 120, 180, 300, 600, 1200, 1800, 3600, 7200)
 STEPS_WINDOW_SECONDS = 60.0
+# Which worker a sample is about: its id ("local-0", "ray-3"), its machine and its device ("cuda:0").
+WORKER_LABELS = ["worker", "node", "device"]
+
+
+def worker_labels(worker: WorkerHealth) -> list[str]:
+    return [worker.worker_id, worker.node, worker.device or ""]
 
 
 class StepRate:
@@ -91,7 +101,9 @@ class BotMetrics:
         self.job_run = Histogram(
             f"{PREFIX}_job_run_seconds", "Seconds from start to finished image.", buckets=RUN_BUCKETS, registry=self.registry
         )
-        self.steps = Counter(f"{PREFIX}_steps", "Optimisation steps done, summed over jobs.", registry=self.registry)
+        self.steps = Counter(
+            f"{PREFIX}_steps", "Optimisation steps done, summed over the worker's jobs.", WORKER_LABELS, registry=self.registry
+        )
         self.discord_errors = Counter(
             f"{PREFIX}_discord_api_errors",
             "Discord REST answers with status >= 400, by HTTP status and Discord JSON error code (0: none).",
@@ -128,9 +140,9 @@ class BotMetrics:
         if job.state == "done" and job.started_at is not None and job.finished_at is not None:
             self.job_run.observe(max(0.0, job.finished_at - job.started_at))
 
-    def steps_done(self, count: int) -> None:
+    def steps_done(self, count: int, worker: WorkerHealth) -> None:
         if count > 0:
-            self.steps.inc(count)
+            self.steps.labels(*worker_labels(worker)).inc(count)
             self.step_rate.add(count)
 
     # -- Discord's HTTP answers --
@@ -171,11 +183,13 @@ class _LiveState(Collector):
 
     def _families(self, dispatcher: Dispatcher | None, client: Any) -> list[Any]:
         queue_length = GaugeMetricFamily(f"{PREFIX}_queue_length", "Jobs waiting, per server.", labels=["guild"])
-        running = GaugeMetricFamily(f"{PREFIX}_jobs_running", "Jobs handed to the generation worker.")
-        worker_up = GaugeMetricFamily(f"{PREFIX}_worker_up", "1 while the generation worker takes jobs.")
+        running = GaugeMetricFamily(f"{PREFIX}_jobs_running", "Jobs handed to generation workers.")
+        worker_up = GaugeMetricFamily(f"{PREFIX}_worker_up", "1 while the generation worker takes jobs.", labels=WORKER_LABELS)
         restarts = CounterMetricFamily(
-            f"{PREFIX}_worker_restarts", "Worker processes started to replace one that died, hung or failed to start."
+            f"{PREFIX}_worker_restarts", "Worker processes started to replace one that died, hung or failed to start.",
+            labels=WORKER_LABELS,
         )
+        problem = GaugeMetricFamily(f"{PREFIX}_workers_problem", "1 while the worker pool reports a problem (see /healthz).")
         steps_per_second = GaugeMetricFamily(
             f"{PREFIX}_steps_per_second", f"Optimisation steps per second over the last {STEPS_WINDOW_SECONDS:g} s."
         )
@@ -190,9 +204,11 @@ class _LiveState(Collector):
             for guild_id, length in sorted(dispatcher.queue.guild_lengths().items()):
                 queue_length.add_metric([str(guild_id)], length)
             running.add_metric([], len(dispatcher.in_flight_progress()))
-            worker = dispatcher.worker_health()
-            worker_up.add_metric([], 1.0 if worker.accepting_jobs else 0.0)
-            restarts.add_metric([], worker.restarts)
+            pool = dispatcher.pool_health()
+            for worker in pool.workers:
+                worker_up.add_metric(worker_labels(worker), 1.0 if worker.accepting_jobs else 0.0)
+                restarts.add_metric(worker_labels(worker), worker.restarts)
+            problem.add_metric([], 0.0 if pool.problem is None else 1.0)
         steps_per_second.add_metric([], self.metrics.step_rate.per_second())
         # Infinite or NaN until the first heartbeat comes back: no sample rather than a misleading one.
         if client is not None and math.isfinite(getattr(client, "latency", math.nan)):
@@ -201,7 +217,7 @@ class _LiveState(Collector):
             shard_up.add_metric([str(shard.id)], 1.0 if shard.connected else 0.0)
             if math.isfinite(shard.latency):
                 shard_latency.add_metric([str(shard.id)], shard.latency)
-        return [queue_length, running, worker_up, restarts, steps_per_second, latency, shard_up, shard_latency]
+        return [queue_length, running, worker_up, restarts, problem, steps_per_second, latency, shard_up, shard_latency]
 
 
 __all__ = ["BotMetrics", "StepRate"]

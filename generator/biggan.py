@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from pytorch_pretrained_biggan import BigGAN, BigGANConfig
 from pytorch_pretrained_biggan.model import BigGANBatchNorm, GenBlock
 
+from generator import biggan_layers as layers
+
 # BigSleep renders at truncation 1.0, which selects the last of BigGAN's pre-computed batch-norm statistics.
 TRUNCATION = 1.0
 Z_DIM = 128
@@ -23,10 +25,12 @@ def latent_rows(config: BigGANConfig) -> int:
     return len(config.layers) + 1
 
 
-def render(biggan: BigGAN, z: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+def render(biggan: BigGAN, z: torch.Tensor, classes: torch.Tensor, library_layers: bool = False) -> torch.Tensor:
     """Images in [0, 1], shape (batch, 3, size, size), from z (batch, rows, 128) and classes (batch, rows, 1000).
 
     Row 0 conditions the input linear layer, row i the i-th generator block (the attention layer takes none).
+    The layers run as generator.biggan_layers computes them; `library_layers` calls each layer's own forward
+    instead (for hooks on the library's batch norms).
     """
     generator = biggan.generator
     class_embeddings = biggan.embeddings(classes)
@@ -37,10 +41,14 @@ def render(biggan: BigGAN, z: torch.Tensor, classes: torch.Tensor) -> torch.Tens
     block_row = 1
     for layer in generator.layers:
         if isinstance(layer, GenBlock):
-            features = layer(features, conditions[:, block_row], TRUNCATION)
+            condition = conditions[:, block_row]
+            if library_layers:
+                features = layer(features, condition, TRUNCATION)
+            else:
+                features = layers.gen_block(layer, features, condition)
             block_row += 1
         else:
-            features = layer(features)
+            features = layer(features) if library_layers else layers.self_attention(layer, features)
     features = generator.relu(generator.bn(features, TRUNCATION))
     rgb = generator.conv_to_rgb(features)[:, :3]
     return (torch.tanh(rgb) + 1) / 2
@@ -53,6 +61,8 @@ def prepare_for_inference(biggan: BigGAN) -> BigGAN:
       quotient never changes, so it is computed once here (exactly as an eval-mode forward would).
     - The last convolution computes `channel_width` channels at full resolution and the model keeps 3 of them;
       keep only those 3 filters (at 512 px that alone saves about 75 GFLOP per image).
+    - Each block's batch norms at truncation 1 are affine in its condition: one matrix for all of them
+      (biggan_layers.fold_batch_norms).
     """
     biggan.eval()
     for module in list(biggan.modules()):
@@ -63,6 +73,10 @@ def prepare_for_inference(biggan: BigGAN) -> BigGAN:
     generator.conv_to_rgb = _keep_output_channels(generator.conv_to_rgb, 3)
     for parameter in biggan.parameters():
         parameter.requires_grad_(False)
+    with torch.no_grad():
+        for layer in generator.layers:
+            if isinstance(layer, GenBlock):
+                layers.fold_batch_norms(layer, TRUNCATION)
     return biggan
 
 
@@ -161,7 +175,7 @@ def _calibrate_batch_norms(model: BigGAN, samples: tuple[torch.Tensor, torch.Ten
 
     hooks = [m.register_forward_pre_hook(use_observed_statistics) for m in model.modules() if isinstance(m, BigGANBatchNorm)]
     try:
-        render(model, *samples)
+        render(model, *samples, library_layers=True)
     finally:
         for hook in hooks:
             hook.remove()
@@ -173,11 +187,11 @@ def _centre_output(model: BigGAN, samples: tuple[torch.Tensor, torch.Tensor], ta
     conv_to_rgb = model.generator.conv_to_rgb
     hook = conv_to_rgb.register_forward_hook(lambda module, inputs, output: observed.append(output[:, :3]))
     try:
-        render(model, *samples)
+        render(model, *samples, library_layers=True)
         scale = target_std / observed[-1].std().clamp(min=1e-6)
         model.generator.bn.weight.mul_(scale)
         model.generator.bn.bias.mul_(scale)
-        render(model, *samples)
+        render(model, *samples, library_layers=True)
         conv_to_rgb.bias[:3].sub_(observed[-1].mean(dim=(0, 2, 3)))
     finally:
         hook.remove()

@@ -9,7 +9,19 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from generator.protocol import ALLOWED_SIZES, CLIP_PRECISIONS, MAX_SEED, MODEL_KINDS, QUALITY_PRESETS, DreamSpec, SpecError
+from generator.protocol import (
+    ALLOWED_SIZES,
+    CLIP_MODELS,
+    CLIP_PRECISIONS,
+    DEFAULT_IMAGE_WEIGHT,
+    MAX_IMAGE_PROMPTS,
+    MAX_SEED,
+    MODEL_KINDS,
+    QUALITY_PRESETS,
+    DreamSpec,
+    ImagePrompt,
+    SpecError,
+)
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -43,7 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=DefaultsHelpFormatter,
     )
     defaults = DreamSpec(prompt="")
-    dream.add_argument("prompt", help="what to dream; separate several prompts with |")
+    dream.add_argument("prompt", nargs="?", default="", help="what to dream; separate several prompts with | (may be left out with --image)")
+    dream.add_argument("--image", type=Path, action="append", default=None, metavar="PATH",
+                       help=f"a picture the result should look like (PNG, JPEG, WebP); up to {MAX_IMAGE_PROMPTS}, each --image once")
+    dream.add_argument("--image-weight", type=float, action="append", default=None, metavar="W",
+                       help=f"how strongly the pictures pull, 1 = as one text prompt (default {DEFAULT_IMAGE_WEIGHT:g}): "
+                            "once for all of them, or once per --image in the same order")
     dream.add_argument("--negative", default="", help="what to steer away from; separate several with |")
     dream.add_argument("--seed", type=_seed, default=None, help=f"0 to {MAX_SEED}; the same seed and settings give the same image (default: random, printed)")
     dream.add_argument("--preset", choices=sorted(QUALITY_PRESETS), default=None,
@@ -54,6 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
     dream.add_argument("--lr", type=float, default=defaults.learning_rate, help="Adam learning rate")
     dream.add_argument("--ema-decay", type=float, default=defaults.ema_decay, help="decay of the latent average the saved images are rendered from")
     dream.add_argument("--max-classes", type=_positive_int, default=None, help="limit each block to a soft mix of this many ImageNet classes")
+    dream.add_argument("--class-temperature", type=float, default=defaults.class_temperature,
+                       help="softmax temperature of the --max-classes picks (lower: sharper picks)")
+    dream.add_argument("--center-bias", action="store_true", default=None,
+                       help="crops gather around the centre of the image (default: the configured worker.center_bias)")
+    dream.add_argument("--save-best", action="store_true", default=None,
+                       help="keep the EMA image CLIP scores best (checked every 25 steps), not the last; prints its score "
+                            "(default: the configured worker.save_best)")
+    dream.add_argument("--clip-model", choices=CLIP_MODELS, default=None,
+                       help="which CLIP judges (larger: finer, slower; default: the configured worker.clip_model)")
     dream.add_argument("--out", type=Path, default=None, help="output PNG (default: named after the prompt and seed)")
     dream.add_argument("--save-every", type=_positive_int, default=None, metavar="N", help="also save a snapshot every N steps, beside --out")
     dream.add_argument("--timelapse", type=Path, default=None, metavar="GIF", help="write an animated GIF of the snapshots (every 10 steps unless --save-every)")
@@ -123,11 +149,32 @@ def spec_from_args(args: argparse.Namespace) -> DreamSpec:
         learning_rate=args.lr,
         ema_decay=args.ema_decay,
         max_classes=args.max_classes,
+        class_temperature=args.class_temperature,
         snapshot_every=args.save_every or (10 if args.timelapse else 0),
+        image_prompts=image_prompts_from_args(args.image or [], args.image_weight or []),
+        center_bias=bool(args.center_bias),
+        save_best=bool(args.save_best),
     )
     spec = replace(spec, **preset)
     explicit = {name: value for name, value in (("steps", args.steps), ("size", args.size), ("cutouts", args.cutouts)) if value is not None}
     return replace(spec, **explicit).validate()
+
+
+def image_prompts_from_args(paths: list[Path], weights: list[float]) -> tuple[ImagePrompt, ...]:
+    """--image files with their --image-weight (one for all, or one each), their bytes read now."""
+    if weights and not paths:
+        raise SpecError("--image-weight needs an --image to weigh")
+    if len(weights) not in (0, 1, len(paths)):
+        raise SpecError(f"give --image-weight once (for every picture) or once per --image ({len(paths)}), not {len(weights)} times")
+    weights = weights * len(paths) if len(weights) == 1 else weights or [DEFAULT_IMAGE_WEIGHT] * len(paths)
+    prompts = []
+    for path, weight in zip(paths, weights):
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise SpecError(f"--image {path}: cannot read it ({error.strerror or error})") from None
+        prompts.append(ImagePrompt(key=str(path), weight=weight, png=data))
+    return tuple(prompts)
 
 
 def default_output_path(spec: DreamSpec) -> Path:
@@ -149,6 +196,10 @@ def run_dream(args: argparse.Namespace) -> int:
         raise SpecError(f"--timelapse must end in .gif, not {args.timelapse.name!r}")
 
     settings = load_generator_settings(args.config)
+    spec = spec.with_changes(
+        center_bias=settings.worker.center_bias if args.center_bias is None else args.center_bias,
+        save_best=settings.worker.save_best if args.save_best is None else args.save_best,
+    )
     source = WeightsSource.from_env()
     source = replace(
         source,
@@ -166,20 +217,22 @@ def run_dream(args: argparse.Namespace) -> int:
         TINY_WARNING,
         clip_dtype_for,
         load_models,
+        prepare_process,
         resolve_device,
-        use_repeatable_kernels,
     )
 
     kind = args.models or settings.models
     if kind != "full":
         print(TINY_WARNING if kind == "tiny" else RANDOM_WARNING, file=sys.stderr)
     device = resolve_device(args.device or settings.device)
-    use_repeatable_kernels(device)
+    prepare_process(device)
     clip_precision = args.clip_precision or settings.worker.clip_precision
-    models = load_models(kind, [spec.size], device, clip_dtype_for(clip_precision, device), source)
+    models = load_models(kind, [spec.size], device, clip_dtype_for(clip_precision, device), source,
+                         clip_name=args.clip_model or settings.worker.clip_model)
 
     snapshot_dir = out.with_name(out.stem + "-snapshots")
-    print(f"Dreaming “{spec.prompt}” at {spec.size} px, {spec.steps} steps, seed {spec.seed}, on {device}.", file=sys.stderr)
+    steering = f"“{spec.prompt}”" if spec.prompt.strip() else f"toward {len(spec.image_prompts)} picture(s)"
+    print(f"Dreaming {steering} at {spec.size} px, {spec.steps} steps, seed {spec.seed}, on {device}.", file=sys.stderr)
     with tqdm(total=spec.steps, unit="step", disable=args.quiet, file=sys.stderr) as bar:
         def on_step(report):
             bar.update(1)
@@ -192,6 +245,8 @@ def run_dream(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     outcome.image.save(out)
     print(f"Saved {out} ({outcome.wall_seconds:.1f} s).")
+    if outcome.score is not None:
+        print(f"The best-scored image came after step {outcome.score_step} (score {outcome.score:.4f}).")
     if args.timelapse is not None:
         args.timelapse.parent.mkdir(parents=True, exist_ok=True)
         args.timelapse.write_bytes(outcome.timelapse_gif())
@@ -203,10 +258,10 @@ def run_download(args: argparse.Namespace) -> int:
     from generator.settings import load_generator_settings
     from generator.weights import WeightsSource, ensure_files, files_for_sizes, weights_root
 
+    settings = load_generator_settings(args.config)
     if args.sizes:
         sizes = tuple(dict.fromkeys(args.sizes))
     else:
-        settings = load_generator_settings(args.config)
         models, sizes = settings.models, settings.worker.sizes
         if models != "full":
             print(f"Nothing to download: the configuration says models = {models!r}, which needs no weights. "
@@ -214,7 +269,7 @@ def run_download(args: argparse.Namespace) -> int:
             return 0
     source = WeightsSource.from_env()  # a bad BIGSLEEP_OFFLINE raises SettingsError naming it
     source = replace(source, cache_dir=args.cache_dir or source.cache_dir, progress=not args.quiet)
-    files = files_for_sizes(sizes, source.mirror)
+    files = files_for_sizes(sizes, source.mirror, settings.worker.clip_model)
     where = weights_root(source)
     action = "Checking" if source.local_dir is not None or source.offline else "Fetching and verifying"
     print(f"{action} {len(files)} weight files for sizes {', '.join(map(str, sizes))} in {where}.", file=sys.stderr)

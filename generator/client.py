@@ -64,6 +64,16 @@ from generator.worker_process import WorkerProcess, describe_exit
 log = logging.getLogger("bigsleep.client")
 
 
+def refusal_reason(request: JobRequest) -> str | None:
+    """Why a job is refused before it reaches a worker: the spec's own ranges. A size the worker did not load is
+    the worker's to refuse (it knows what it has)."""
+    try:
+        request.spec.validate()
+    except SpecError as error:
+        return str(error)
+    return None
+
+
 class WorkerStartError(RuntimeError):
     """The first worker could not be started (its models failed to load, it kept dying, or it was too slow)."""
 
@@ -193,7 +203,7 @@ class GenerationClient:
         if request.job_id in self._tickets:
             raise ValueError(f"job {request.job_id!r} is already running")
         events: asyncio.Queue[JobEvent] = asyncio.Queue()
-        problem = self._reason_to_refuse(request)
+        problem = refusal_reason(request)
         worker = self._worker
         if self._early_cancels.take(request.job_id):
             events.put_nowait(JobCancelled(request.job_id))
@@ -228,6 +238,8 @@ class GenerationClient:
         return WorkerHealth(
             state=self._state.state,
             accepting_jobs=self._state.accepting_jobs,
+            worker_id=self.config.worker_id,
+            node=ready.node if ready is not None else "",
             alive=ready is not None,
             restarts=max(0, self._processes_started - 1),
             pid=worker.pid if worker is not None else None,
@@ -425,14 +437,6 @@ class GenerationClient:
             worker.kill(f"a step hung: no progress for {now - worker.last_progress:.0f} s")
 
     # ---- jobs ---------------------------------------------------------------------------------------------
-
-    def _reason_to_refuse(self, request: JobRequest) -> str | None:
-        # The spec's own ranges; a size the worker did not load is the worker's to refuse (it knows what it has).
-        try:
-            request.spec.validate()
-        except SpecError as error:
-            return str(error)
-        return None
 
     def _holds_jobs(self, worker: _Incarnation) -> bool:
         return any(ticket.worker is worker for ticket in self._tickets.values())

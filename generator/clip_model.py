@@ -6,17 +6,23 @@ import copy
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
+from generator import clip_vision
+from generator.protocol import DEFAULT_CLIP_MODEL
 from generator.tokens import CONTEXT_LENGTH, encode_prompt
 
 with warnings.catch_warnings():
     # clip-anytorch imports pkg_resources only for a version check; its deprecation warning is noise here.
     warnings.simplefilter("ignore")
     import clip
-    from clip.model import CLIP
+    from clip.model import CLIP, QuickGELU
 
+# CLIP's QuickGELU activation: x * sigmoid(1.702 x).
+QUICK_GELU_SCALE = 1.702
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -39,9 +45,28 @@ def prepare_for_inference(model: CLIP, device: torch.device, dtype: torch.dtype)
     model = model.to(device).eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
+    _quick_gelu_as_silu(model)
     if dtype != torch.float32:
         _cast_matrix_weights(model, dtype)
     return model
+
+
+def _quick_gelu_as_silu(model: CLIP) -> None:
+    """Rewrite every c_proj(QuickGELU(c_fc(x))) as c_proj'(SiLU(c_fc'(x))), the same function.
+
+    QuickGELU(h) = h * sigmoid(1.702 h) = SiLU(1.702 h) / 1.702, so c_fc's weights and bias take the factor 1.702
+    and c_proj's weights its inverse (float rounding of the weights aside: 6e-8 relative in fp32; done in fp32,
+    before any cast to half precision). SiLU is one fused kernel each way; QuickGELU is four passes over the
+    largest tensor of each block, forward and backward about a fifth of a step on the CPU.
+    """
+    for module in model.modules():
+        mlp = getattr(module, "mlp", None)
+        if isinstance(mlp, nn.Sequential) and isinstance(getattr(mlp, "gelu", None), QuickGELU):
+            with torch.no_grad():
+                mlp.c_fc.weight.mul_(QUICK_GELU_SCALE)
+                mlp.c_fc.bias.mul_(QUICK_GELU_SCALE)
+                mlp.c_proj.weight.div_(QUICK_GELU_SCALE)
+            mlp.gelu = nn.SiLU()
 
 
 def _cast_matrix_weights(model: nn.Module, dtype: torch.dtype) -> None:
@@ -66,38 +91,50 @@ def input_resolution(model: CLIP) -> int:
 
 
 def normalize_pixels(images: torch.Tensor) -> torch.Tensor:
-    """Images in [0, 1] to the normalised input CLIP was trained on."""
-    mean = torch.tensor(CLIP_MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    """Images (..., 3, H, W) in [0, 1] to the normalised input CLIP was trained on."""
+    mean = torch.tensor(CLIP_MEAN, device=images.device, dtype=images.dtype).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=images.device, dtype=images.dtype).view(3, 1, 1)
     return (images - mean) / std
 
 
 def encode_images(model: CLIP, images: torch.Tensor) -> torch.Tensor:
-    """Embeddings (n, embed_dim) in fp32 of images (n, 3, res, res) in [0, 1].
+    """Embeddings (n, embed_dim) in fp32 of images (n, 3, res, res) in [0, 1] (clip_vision.encode on them)."""
+    return clip_vision.encode(model.visual, normalize_pixels(images))
 
-    The same computation as CLIP's own vision transformer, except that the last block runs for the class
-    token alone: it is the only token read after that block, and it needs the other tokens only as keys and
-    values. That skips about 1/12 of CLIP's forward and backward work without changing the result.
-    """
-    visual = model.visual
-    patches = visual.conv1(normalize_pixels(images).to(visual.conv1.weight.dtype)).flatten(2).permute(0, 2, 1)
-    class_token = visual.class_embedding.to(patches.dtype).expand(patches.shape[0], 1, -1)
-    tokens = torch.cat([class_token, patches], dim=1) + visual.positional_embedding.to(patches.dtype)
-    tokens = visual.ln_pre(tokens).permute(1, 0, 2)  # CLIP's transformer takes (tokens, batch, width)
-    *leading_blocks, last_block = visual.transformer.resblocks
-    for block in leading_blocks:
-        tokens = block(tokens)
-    normed = last_block.ln_1(tokens)
-    summary = tokens[:1] + last_block.attn(normed[:1], normed, normed, need_weights=False)[0]
-    summary = summary + last_block.mlp(last_block.ln_2(summary))
-    return (visual.ln_post(summary[0]) @ visual.proj).float()
+
+def preprocess_picture(picture: Image.Image, resolution: int) -> torch.Tensor:
+    """A picture (3, resolution, resolution) in [0, 1] as CLIP's own preprocessing (clip.clip._transform) prepares it
+    before normalising: the short side resized to `resolution` with PIL's bicubic filter (the long side rounded
+    down, as torchvision rounds it), then the centre square, its offset rounded to the nearest pixel."""
+    picture = picture.convert("RGB")
+    width, height = picture.size
+    short, long = min(width, height), max(width, height)
+    long_side = int(resolution * long / short)
+    resized_size = (resolution, long_side) if width <= height else (long_side, resolution)
+    if resized_size != picture.size:
+        picture = picture.resize(resized_size, Image.Resampling.BICUBIC)
+    left = int(round((resized_size[0] - resolution) / 2.0))
+    top = int(round((resized_size[1] - resolution) / 2.0))
+    square = picture.crop((left, top, left + resolution, top + resolution))
+    pixels = torch.from_numpy(np.asarray(square, dtype=np.uint8).copy()).permute(2, 0, 1)
+    return pixels.float() / 255
+
+
+@torch.no_grad()
+def encode_pictures(model: CLIP, pictures: list[Image.Image], device: torch.device) -> torch.Tensor:
+    """Embeddings (n, embed_dim) in fp32 of whole pictures, prepared as CLIP's preprocessing prepares them."""
+    if not pictures:
+        return _no_embeddings(model, device)
+    resolution = input_resolution(model)
+    images = torch.stack([preprocess_picture(picture, resolution) for picture in pictures]).to(device)
+    return encode_images(model, images)
 
 
 @torch.no_grad()
 def encode_texts(model: CLIP, prompts: list[str], device: torch.device) -> torch.Tensor:
     """Embeddings (n, embed_dim) in fp32; raises SpecError for a prompt CLIP cannot read whole."""
     if not prompts:
-        return torch.zeros(0, model.text_projection.shape[1], device=device)
+        return _no_embeddings(model, device)
     tokens = torch.zeros(len(prompts), CONTEXT_LENGTH, dtype=torch.long)
     for row, prompt in enumerate(prompts):
         ids = encode_prompt(prompt)
@@ -105,17 +142,32 @@ def encode_texts(model: CLIP, prompts: list[str], device: torch.device) -> torch
     return model.encode_text(tokens.to(device)).float()
 
 
+def _no_embeddings(model: CLIP, device: torch.device) -> torch.Tensor:
+    return torch.zeros(0, model.text_projection.shape[1], device=device)
+
+
 # ---- architectures with random weights (tiny preset, tests and benchmarks) ---------------------------------
 
 
-def random_clip(width: str = "tiny", seed: int = 0) -> CLIP:
-    """ViT-B/32 CLIP with random weights: 'full' is the real architecture, 'tiny' the same one at toy width."""
-    shapes = {
-        # embed_dim, image_resolution, vision_layers, vision_width, vision_patch_size,
-        # context_length, vocab_size, transformer_width, transformer_heads, transformer_layers
-        "full": (512, 224, 12, 768, 32, CONTEXT_LENGTH, 49408, 512, 8, 12),
-        "tiny": (64, 224, 2, 64, 32, CONTEXT_LENGTH, 49408, 64, 1, 2),
-    }[width]
+# The shapes of each CLIP (clip.model.CLIP's arguments, as clip.model.build_model reads them from a checkpoint):
+# embed_dim, image_resolution, vision_layers, vision_width, vision_patch_size,
+# context_length, vocab_size, transformer_width, transformer_heads, transformer_layers.
+# 'tiny' is the same architecture at toy width, reading 2 x 2 (B/32) or 4 x 4 (B/16, L/14) patches.
+_ARCHITECTURES = {
+    ("ViT-B/32", "full"): (512, 224, 12, 768, 32, CONTEXT_LENGTH, 49408, 512, 8, 12),
+    ("ViT-B/32", "tiny"): (64, 64, 2, 64, 32, CONTEXT_LENGTH, 49408, 64, 1, 2),
+    ("ViT-B/16", "full"): (512, 224, 12, 768, 16, CONTEXT_LENGTH, 49408, 512, 8, 12),
+    ("ViT-B/16", "tiny"): (64, 64, 2, 64, 16, CONTEXT_LENGTH, 49408, 64, 1, 2),
+    ("ViT-L/14", "full"): (768, 224, 24, 1024, 14, CONTEXT_LENGTH, 49408, 768, 12, 12),
+    ("ViT-L/14", "tiny"): (64, 56, 2, 64, 14, CONTEXT_LENGTH, 49408, 64, 1, 2),
+}
+
+
+def random_clip(width: str = "tiny", seed: int = 0, architecture: str = DEFAULT_CLIP_MODEL) -> CLIP:
+    """A CLIP `architecture` (one of CLIP_MODELS) with random weights: 'full' is the real architecture, 'tiny' the
+    same one at toy width (ViT-B/32's reads 64 px images, 2 x 2 patches: crops then cost BigSleep 1/12 of what
+    224 px would)."""
+    shapes = _ARCHITECTURES[architecture, width]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = CLIP(*shapes).eval()

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 CROP_FRACTION_MEAN = 0.8
 CROP_FRACTION_STD = 0.3
 CROP_FRACTION_RANGE = (0.5, 0.95)
+# center_bias: offsets' standard deviation is the middle position divided by this (BigSleep's center_focus).
+CENTER_FOCUS = 2.0
 
 
 @dataclass(frozen=True)
@@ -25,19 +27,37 @@ class CropBoxes:
         return len(self.side)
 
 
-def sample_crop_boxes(image_size: int, count: int, rng: torch.Generator) -> CropBoxes:
+def sample_crop_boxes(image_size: int, count: int, rng: torch.Generator, center_bias: bool = False) -> CropBoxes:
     """Sides of size x clip(N(0.8, 0.3), 0.5, 0.95) pixels at uniformly random whole-pixel offsets.
 
     Each offset is uniform on 0 ... size - side, both ends included (as BigSleep's randint draws it), so crops
     reach the last row and column. The uniform draws are float64: their product with the count of positions
     never rounds up to a position past the end.
+
+    `center_bias` (BigSleep's option): each offset is drawn from a normal around the middle position instead, with
+    a standard deviation of a quarter of the last position; one that falls outside the image is drawn uniformly.
     """
     fractions = (torch.randn(count, generator=rng) * CROP_FRACTION_STD + CROP_FRACTION_MEAN).clamp(*CROP_FRACTION_RANGE)
     sides = (image_size * fractions).long()
     positions = image_size - sides + 1
-    top = (torch.rand(count, generator=rng, dtype=torch.float64) * positions).long()
-    left = (torch.rand(count, generator=rng, dtype=torch.float64) * positions).long()
+    if center_bias:
+        return CropBoxes(_centre_biased_offsets(positions, rng), _centre_biased_offsets(positions, rng), sides)
+    top = _uniform_offsets(positions, rng)
+    left = _uniform_offsets(positions, rng)
     return CropBoxes(top, left, sides)
+
+
+def _uniform_offsets(positions: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    return (torch.rand(len(positions), generator=rng, dtype=torch.float64) * positions).long()
+
+
+def _centre_biased_offsets(positions: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    last = (positions - 1).double()
+    middle = last / 2
+    # Truncated toward zero as BigSleep's int() does: -0.5 becomes 0, inside the image.
+    drawn = (torch.randn(len(positions), generator=rng, dtype=torch.float64) * middle / CENTER_FOCUS + middle).long()
+    outside = (drawn < 0) | (drawn > last)
+    return torch.where(outside, _uniform_offsets(positions, rng), drawn)
 
 
 @lru_cache(maxsize=1024)

@@ -230,7 +230,7 @@ def _check_weights(settings: GeneratorSettings) -> list[Finding]:
         return [Finding("FAIL", "weights", str(error), f"set {OFFLINE_ENV}=1 or {OFFLINE_ENV}=0, or unset it")]
     root = weights_root(source)
     sizes = ", ".join(map(str, settings.worker.sizes))
-    statuses = inspect_files(files_for_sizes(settings.worker.sizes, source.mirror), source)
+    statuses = inspect_files(files_for_sizes(settings.worker.sizes, source.mirror, settings.worker.clip_model), source)
     missing = [status for status in statuses if status.missing]
     broken = [status for status in statuses if status.problem and not status.missing]
     findings = [Finding("FAIL", "weights", status.problem) for status in broken]

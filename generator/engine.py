@@ -21,13 +21,13 @@ import torch
 from PIL import Image
 
 from generator import biggan as biggan_ops
-from generator import clip_model
+from generator import clip_model, clip_vision
 from generator.cutouts import cut_and_resize, sample_crop_boxes
-from generator.images import timelapse_gif, to_pil
+from generator.images import read_picture, timelapse_gif, to_pil
 from generator.latents import LatentAverage, Latents, class_vectors
-from generator.losses import class_loss, latent_loss, similarity_loss
+from generator.losses import SIMILARITY_WEIGHT, class_loss, latent_loss, similarity_loss
 from generator.models import DreamModels
-from generator.protocol import DreamSpec
+from generator.protocol import SCORE_EVERY, DreamSpec, SpecError
 
 
 class DreamCancelled(Exception):
@@ -42,6 +42,9 @@ class DreamOutcome:
     snapshots: list[Image.Image]
     steps: int
     wall_seconds: float
+    # With save_best: the chosen image's score and the step it was taken after (DreamEngine.score).
+    score: float | None = None
+    score_step: int | None = None
 
     def timelapse_gif(self) -> bytes:
         """The kept snapshots as an animated GIF; just the final image when none were kept."""
@@ -69,6 +72,8 @@ class DreamJob:
     crop_rng: torch.Generator
     positive_embeddings: torch.Tensor
     negative_embeddings: torch.Tensor
+    # How strongly each positive target pulls (its text prompts' 1s, then its pictures' weights); None: all 1.
+    positive_weights: torch.Tensor | None = None
     # Keep every snapshot for a timelapse of the job.
     keeps_frames: bool = False
     frames: list[Image.Image] = field(default_factory=list)
@@ -77,6 +82,8 @@ class DreamJob:
     # Fewer cutouts than the spec asked for: set when memory ran out and the job is retried smaller.
     cutouts_override: int | None = None
     started_at: float = field(default_factory=time.perf_counter)
+    # With save_best: the best-scored EMA image so far.
+    best: ScoredImage | None = None
 
     @property
     def size(self) -> int:
@@ -95,6 +102,19 @@ class DreamJob:
         every = self.spec.snapshot_every
         return every > 0 and (self.step % every == 0 or self.finished)
 
+    def wants_score(self) -> bool:
+        """After the step just taken, with save_best: every SCORE_EVERY steps and after the last one. Fixed steps,
+        not the snapshots' (which each run picks), so the same spec picks the same image."""
+        return self.spec.save_best and (self.step % SCORE_EVERY == 0 or self.finished)
+
+
+@dataclass(frozen=True)
+class ScoredImage:
+    score: float
+    step: int
+    image: Image.Image
+    latents_npz: bytes
+
 
 StepCallback = Callable[[DreamJob, StepReport], None]
 ReportErrorCallback = Callable[[DreamJob, Exception], None]
@@ -105,7 +125,8 @@ class DreamEngine:
         self.models = models
 
     def start(self, spec: DreamSpec, keep_frames: bool = False) -> DreamJob:
-        """Set up a job: validates the spec, encodes its prompts, draws its initial latents from its seed.
+        """Set up a job: validates the spec, encodes its prompts and pictures (once per job), draws its initial latents
+        from its seed.
         `keep_frames`: keep its snapshots for a timelapse."""
         spec.validate()
         models = self.models
@@ -116,14 +137,19 @@ class DreamEngine:
             latents = Latents.from_npz(spec.init_latents, rows, spec.init_noise, rng, models.device)
         else:
             latents = Latents.random(rows, rng, models.device)
+        texts = clip_model.encode_texts(models.clip, spec.prompts, models.device)
+        pictures = clip_model.encode_pictures(models.clip, image_prompt_pictures(spec), models.device)
+        # Without pictures no weights at all, so a text-only job computes exactly what it did before pictures came.
+        weights = [1.0] * len(texts) + [image.weight for image in spec.image_prompts] if spec.image_prompts else None
         return DreamJob(
             spec=spec,
             latents=latents,
             optimizer=torch.optim.Adam(latents.parameters(), lr=spec.learning_rate),
             average=LatentAverage(latents, spec.ema_decay),
             crop_rng=rng,
-            positive_embeddings=clip_model.encode_texts(models.clip, spec.prompts, models.device),
+            positive_embeddings=torch.cat([texts, pictures]),
             negative_embeddings=clip_model.encode_texts(models.clip, spec.negative_prompts, models.device),
+            positive_weights=None if weights is None else torch.tensor(weights, device=models.device),
             keeps_frames=keep_frames,
         )
 
@@ -134,20 +160,22 @@ class DreamEngine:
             raise ValueError("jobs of different image sizes cannot share a step")
         models = self.models
         z = torch.stack([job.latents.z for job in jobs])
-        classes = torch.stack([class_vectors(job.latents.class_logits, job.spec.max_classes) for job in jobs])
+        classes = torch.stack([class_vectors(job.latents.class_logits, job.spec.max_classes, job.spec.class_temperature) for job in jobs])
         images = biggan_ops.render(models.generator(size), z, classes)
 
+        # Normalised before cropping: the same per-pixel arithmetic, on far fewer pixels than the crops hold.
+        normalized = clip_model.normalize_pixels(images)
         clip_size = clip_model.input_resolution(models.clip)
         crops = torch.cat(
             [
-                cut_and_resize(image, sample_crop_boxes(size, job.cutouts, job.crop_rng), clip_size)
-                for image, job in zip(images, jobs)
+                cut_and_resize(image, sample_crop_boxes(size, job.cutouts, job.crop_rng, job.spec.center_bias), clip_size)
+                for image, job in zip(normalized, jobs)
             ]
         )
-        embeddings = clip_model.encode_images(models.clip, crops).split([job.cutouts for job in jobs])
+        embeddings = clip_vision.encode(models.clip.visual, crops).split([job.cutouts for job in jobs])
         similarity = torch.stack(
             [
-                similarity_loss(job_embeddings, job.positive_embeddings, job.negative_embeddings)
+                similarity_loss(job_embeddings, job.positive_embeddings, job.negative_embeddings, job.positive_weights)
                 for job_embeddings, job in zip(embeddings, jobs)
             ]
         )
@@ -191,27 +219,69 @@ class DreamEngine:
                 on_error(job, error)
 
     def _step_report(self, job: DreamJob, loss: float) -> StepReport:
-        snapshot = self.render_average(job) if job.wants_snapshot() else None
+        rendered = self._render_average(job) if job.wants_snapshot() or job.wants_score() else None
+        snapshot = to_pil(rendered) if rendered is not None and job.wants_snapshot() else None
         if snapshot is not None and job.keeps_frames:
             job.frames.append(snapshot)
+        if job.wants_score():
+            self._keep_if_best(job, rendered)
         outcome = self._outcome(job, snapshot) if job.finished else None
         return StepReport(job.step, job.spec.steps, loss, snapshot, outcome)
 
+    def _keep_if_best(self, job: DreamJob, rendered: torch.Tensor) -> None:
+        score = self.score(job, rendered)
+        if job.best is None or score > job.best.score:
+            job.best = ScoredImage(score, job.step, to_pil(rendered), self.average_latents_npz(job))
+
     def _outcome(self, job: DreamJob, last_snapshot: Image.Image | None) -> DreamOutcome:
+        wall_seconds = time.perf_counter() - job.started_at
+        if job.best is not None:
+            best = job.best
+            return DreamOutcome(best.image, best.latents_npz, job.frames, job.step, wall_seconds, best.score, best.step)
         # With snapshots on, the one taken after the last step already is the final picture.
         final = last_snapshot if last_snapshot is not None else self.render_average(job)
-        return DreamOutcome(final, self.average_latents_npz(job), job.frames, job.step, time.perf_counter() - job.started_at)
+        return DreamOutcome(final, self.average_latents_npz(job), job.frames, job.step, wall_seconds)
 
     @torch.no_grad()
+    def score(self, job: DreamJob, image: torch.Tensor) -> float:
+        """How well `image` (3, H, W) matches the job's targets, higher is better: -similarity_loss / SIMILARITY_WEIGHT,
+        the sum over prompts and pictures of weight x the mean cosine of its crops to it, minus the mean cosines to
+        the negative prompts (one text prompt alone: -1 to 1).
+        The crops come from a generator seeded afresh from the job's seed each time (not the job's own, which must
+        not depend on scoring), so every score of a job is taken on the same crops and scores compare."""
+        crop_rng = torch.Generator().manual_seed(job.spec.seed)
+        boxes = sample_crop_boxes(job.size, job.cutouts, crop_rng, job.spec.center_bias)
+        crops = cut_and_resize(clip_model.normalize_pixels(image), boxes, clip_model.input_resolution(self.models.clip))
+        embeddings = clip_vision.encode(self.models.clip.visual, crops)
+        loss = similarity_loss(embeddings, job.positive_embeddings, job.negative_embeddings, job.positive_weights)
+        return -loss.item() / SIMILARITY_WEIGHT
+
     def render_average(self, job: DreamJob) -> Image.Image:
         """The picture we show: rendered from the job's averaged (EMA) latents."""
+        return to_pil(self._render_average(job))
+
+    @torch.no_grad()
+    def _render_average(self, job: DreamJob) -> torch.Tensor:
         average = job.average.average()
-        classes = class_vectors(average.class_logits, job.spec.max_classes)
-        image = biggan_ops.render(self.models.generator(job.size), average.z[None], classes[None])[0]
-        return to_pil(image)
+        classes = class_vectors(average.class_logits, job.spec.max_classes, job.spec.class_temperature)
+        return biggan_ops.render(self.models.generator(job.size), average.z[None], classes[None])[0]
 
     def average_latents_npz(self, job: DreamJob) -> bytes:
         return job.average.average().to_npz()
+
+
+def image_prompt_pictures(spec: DreamSpec) -> list[Image.Image]:
+    """The pictures of the spec's image prompts, decoded; SpecError for one that did not come with its bytes or
+    whose bytes are not a picture."""
+    pictures = []
+    for number, image in enumerate(spec.image_prompts, start=1):
+        if image.png is None:
+            raise SpecError(f"Image prompt {number} ({image.key}) reached the image generator without its picture.")
+        try:
+            pictures.append(read_picture(image.png))
+        except ValueError:
+            raise SpecError(f"Image prompt {number} is not a picture the image generator can read.") from None
+    return pictures
 
 
 def dream(

@@ -30,3 +30,12 @@ def timelapse_gif(frames: Sequence[Image.Image], seconds_per_frame: float = 0.25
     buffer = io.BytesIO()
     frames[0].save(buffer, format="GIF", save_all=True, append_images=list(frames[1:]), duration=durations, loop=0)
     return buffer.getvalue()
+
+
+def read_picture(data: bytes) -> Image.Image:
+    """An RGB picture from encoded bytes (PNG, JPEG, WebP...); ValueError when they are not a picture PIL reads."""
+    try:
+        with Image.open(io.BytesIO(data)) as picture:
+            return picture.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(f"not a readable picture ({error})") from error

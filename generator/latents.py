@@ -49,11 +49,11 @@ class Latents:
         return buffer.getvalue()
 
 
-def class_vectors(class_logits: torch.Tensor, max_classes: int | None) -> torch.Tensor:
-    """Class mixtures from logits: independent sigmoids, or a differentiable top-k of softmax picks."""
+def class_vectors(class_logits: torch.Tensor, max_classes: int | None, temperature: float = MAX_CLASSES_TEMPERATURE) -> torch.Tensor:
+    """Class mixtures from logits: independent sigmoids, or a differentiable top-k of softmax picks at `temperature`."""
     if max_classes is None:
         return torch.sigmoid(class_logits)
-    return soft_top_k(class_logits, max_classes, MAX_CLASSES_TEMPERATURE)
+    return soft_top_k(class_logits, max_classes, temperature)
 
 
 def soft_top_k(logits: torch.Tensor, k: int, temperature: float) -> torch.Tensor:

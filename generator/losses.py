@@ -13,18 +13,24 @@ SIMILARITY_WEIGHT = 100.0
 CLASS_SHARPNESS_WEIGHT = 50.0
 
 
-def similarity_loss(image_embeddings: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
-    """-100 x mean cosine to each positive prompt, +100 x mean cosine to each negative one, summed over prompts.
+def similarity_loss(
+    image_embeddings: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, positive_weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """-100 x mean cosine to each positive target, +100 x mean cosine to each negative one, summed over targets.
 
-    image_embeddings: (crops, d) of one image; positive (p, d), negative (q, d). Returns a scalar.
+    image_embeddings: (crops, d) of one image; positive (p, d), negative (q, d). Returns a scalar. Each mean is over
+    the image's crops. `positive_weights` (p,) scales each positive target's term: 1 for a text prompt, an image
+    prompt's weight for a picture's embedding (so a picture of weight 1 pulls exactly as one text prompt does);
+    None: all 1. (BigSleep averages a picture's embedding with the text's into one target; a weighted sum of
+    cosines keeps each target's pull separate and lets a picture stand alone.)
     """
-    def mean_cosine(texts: torch.Tensor) -> torch.Tensor:
-        if texts.shape[0] == 0:
+    def pull(targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        if targets.shape[0] == 0:
             return image_embeddings.new_zeros(())
-        cosines = F.cosine_similarity(texts[:, None, :], image_embeddings[None, :, :], dim=-1)
-        return cosines.mean(dim=1).sum()
+        cosines = F.cosine_similarity(targets[:, None, :], image_embeddings[None, :, :], dim=-1).mean(dim=1)
+        return (cosines if weights is None else cosines * weights).sum()
 
-    return SIMILARITY_WEIGHT * (mean_cosine(negative) - mean_cosine(positive))
+    return SIMILARITY_WEIGHT * (pull(negative, None) - pull(positive, positive_weights))
 
 
 def latent_loss(z: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,8 @@ from pytorch_pretrained_biggan import BigGAN, BigGANConfig
 
 from generator import biggan as biggan_ops
 from generator import clip_model
-from generator.protocol import MODEL_KINDS
+from generator.cpu_memory import keep_freed_memory
+from generator.protocol import DEFAULT_CLIP_MODEL, MODEL_KINDS
 from generator.weights import WeightFile, WeightsSource, ensure_files, files_for_sizes
 
 TINY_CHANNEL_WIDTH = 8
@@ -87,6 +88,14 @@ def resolve_device(name: str | None) -> torch.device:
     return device
 
 
+def prepare_process(device: torch.device) -> None:
+    """Process-wide settings for generating on `device`, for the process that owns it (a worker, the CLI):
+    repeatable kernels on CUDA, and on the CPU a malloc that keeps freed memory for the next step."""
+    use_repeatable_kernels(device)
+    if device.type == "cpu":
+        keep_freed_memory()
+
+
 def use_repeatable_kernels(device: torch.device) -> None:
     """Make the same seed give the same image on CUDA, for this whole process (a worker or the CLI owns its own).
 
@@ -112,22 +121,23 @@ def load_models(
     clip_dtype: torch.dtype | None = None,
     source: WeightsSource | None = None,
     catalog: list[WeightFile] | None = None,
+    clip_name: str = DEFAULT_CLIP_MODEL,
 ) -> DreamModels:
     """Load the networks for `sizes`. 'full' fetches (or finds) the real weights; 'tiny' builds toy ones.
 
     `catalog` replaces the list of weight files (a mirror with other checksums, tests); `source` says where
-    files live and whether the network may be used.
+    files live and whether the network may be used. `clip_name`: which CLIP (one of CLIP_MODELS).
     """
     if kind not in MODEL_KINDS:
         raise ModelLoadError(f"models must be one of {', '.join(MODEL_KINDS)}, not {kind!r}")
     clip_dtype = clip_dtype or default_clip_dtype(device)
     if kind in ("tiny", "random"):
         channel_width = TINY_CHANNEL_WIDTH if kind == "tiny" else 128
-        clip = clip_model.random_clip("tiny" if kind == "tiny" else "full")
+        clip = clip_model.random_clip("tiny" if kind == "tiny" else "full", architecture=clip_name)
         generators = {size: biggan_ops.random_biggan(biggan_ops.config_for_size(size, channel_width)) for size in sizes}
     else:
         source = source or WeightsSource.from_env()
-        files = catalog if catalog is not None else files_for_sizes(sizes, source.mirror)
+        files = catalog if catalog is not None else files_for_sizes(sizes, source.mirror, clip_name)
         paths = ensure_files(files, source)
         clip = clip_model.load_clip(paths[_clip_key(files)])
         generators = {size: load_biggan(paths[_biggan_key(files, size, "pytorch_model.bin")].parent) for size in sizes}
@@ -176,7 +186,7 @@ def _first_few(keys: list[str], shown: int = 4) -> str:
     return ", ".join(keys[:shown]) + more
 
 
-def write_random_weights(folder: Path, sizes: Sequence[int], width: str = "tiny") -> dict[str, Path]:
+def write_random_weights(folder: Path, sizes: Sequence[int], width: str = "tiny", clip_name: str = DEFAULT_CLIP_MODEL) -> dict[str, Path]:
     """Write random-weight models in the real file formats and layout, as `ensure_files` would leave them.
 
     'tiny' is the toy-width preset; 'full' is the real architectures (BigGAN-deep + ViT-B/32) with random
@@ -184,7 +194,7 @@ def write_random_weights(folder: Path, sizes: Sequence[int], width: str = "tiny"
     """
     channel_width = TINY_CHANNEL_WIDTH if width == "tiny" else 128
     written: dict[str, Path] = {}
-    for file in files_for_sizes(sizes):
+    for file in files_for_sizes(sizes, clip_model=clip_name):
         path = folder / file.key
         path.parent.mkdir(parents=True, exist_ok=True)
         written[file.key] = path
@@ -195,7 +205,8 @@ def write_random_weights(folder: Path, sizes: Sequence[int], width: str = "tiny"
         # a state dict holding each spectral norm's weight_orig, weight_u and weight_v.
         torch.save(biggan_ops.random_biggan(config).state_dict(), model_path, _use_new_zipfile_serialization=False)
         (model_path.parent / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    clip_model.save_torchscript_archive(clip_model.random_clip(width), written[_clip_key(files_for_sizes(sizes))])
+    clip_path = written[_clip_key(files_for_sizes(sizes, clip_model=clip_name))]
+    clip_model.save_torchscript_archive(clip_model.random_clip(width, architecture=clip_name), clip_path)
     return written
 
 

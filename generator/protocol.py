@@ -21,6 +21,10 @@ PROMPT_SEPARATOR = "|"
 MODEL_KINDS = ("full", "tiny", "random")
 # CLIP's weight precision by name; "auto" lets the device decide (generator.models.clip_dtype_for).
 CLIP_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# OpenAI CLIPs a host may judge with (worker.clip_model): ViT-B/32 is BigSleep's; the larger ones see finer detail
+# at several times the cost per step (README, "BigSleep's options here").
+CLIP_MODELS = ("ViT-B/32", "ViT-B/16", "ViT-L/14")
+DEFAULT_CLIP_MODEL = "ViT-B/32"
 # The stored form of a DreamSpec (DreamSpec.to_document). Adding a field with a default keeps the version: older
 # documents load with the default. Bump it only for a change older documents cannot be read by.
 SPEC_DOCUMENT_VERSION = 1
@@ -31,6 +35,8 @@ _TRANSPORT_ONLY_FIELDS = frozenset({"init_latents", "snapshot_every"})
 MAX_IMAGE_PROMPTS = 4
 DEFAULT_IMAGE_WEIGHT = 1.0
 MAX_IMAGE_WEIGHT = 5.0
+# save_best scores the EMA image every this many steps and after the last one.
+SCORE_EVERY = 25
 
 
 class SpecError(ValueError):
@@ -83,6 +89,12 @@ class DreamSpec:
     init_noise: float = 0.0
     # Pictures to steer toward (see ImagePrompt for who fills in their bytes); with one, the text prompt may be empty.
     image_prompts: tuple[ImagePrompt, ...] = ()
+    # Crops gather around the image's centre (BigSleep's center_bias; generator.cutouts.sample_crop_boxes).
+    center_bias: bool = False
+    # The result is the EMA image CLIP scored best (every SCORE_EVERY steps and after the last), not the last one.
+    save_best: bool = False
+    # The softmax temperature of the max_classes picks (BigSleep's class_temperature); no effect without max_classes.
+    class_temperature: float = 2.0
 
     @property
     def prompts(self) -> list[str]:
@@ -154,6 +166,8 @@ class DreamSpec:
             raise SpecError(f"The EMA decay must be at least 0 and below 1, not {self.ema_decay}.")
         if self.max_classes is not None and not 1 <= self.max_classes <= 1000:
             raise SpecError(f"max_classes must be between 1 and 1000, not {self.max_classes}.")
+        if not 0.01 <= self.class_temperature <= 100.0:
+            raise SpecError(f"The class temperature must be between 0.01 and 100, not {self.class_temperature:g}.")
         if self.snapshot_every < 0:
             raise SpecError(f"snapshot_every must be 0 (never) or a positive number of steps, not {self.snapshot_every}.")
         if not 0.0 <= self.init_noise <= 2.0:
@@ -209,6 +223,10 @@ class JobResult:
     # same seed makes the same image.
     cutouts: int
     timelapse_gif: bytes | None = field(default=None, repr=False)
+    # With save_best: the image's score (generator.engine.DreamEngine.score: -similarity_loss / 100, higher is better)
+    # and the step it was taken after. None otherwise.
+    score: float | None = None
+    score_step: int | None = None
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ Torch- and discord-free: `bigsleep download` and the bot import it.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-from generator.protocol import ALLOWED_SIZES, CLIP_PRECISIONS, MODEL_KINDS
+from generator.protocol import ALLOWED_SIZES, CLIP_MODELS, CLIP_PRECISIONS, MODEL_KINDS
 
 REPO_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 DEFAULT_CONFIG_NAME = "default.toml"
@@ -33,9 +34,12 @@ ENV_PREFIX = "BIGSLEEP_"
 CONFIG_DIR_ENV = f"{ENV_PREFIX}CONFIG_DIR"
 
 ModelKind = Literal["full", "tiny", "random"]
+WorkerBackend = Literal["local", "ray"]
 ClipPrecision = Literal["auto", "fp32", "bf16", "fp16"]
+ClipModel = Literal["ViT-B/32", "ViT-B/16", "ViT-L/14"]
 assert set(ModelKind.__args__) == set(MODEL_KINDS)  # type: ignore[attr-defined]
 assert set(ClipPrecision.__args__) == set(CLIP_PRECISIONS)  # type: ignore[attr-defined]
+assert ClipModel.__args__ == CLIP_MODELS  # type: ignore[attr-defined]
 
 
 class SettingsError(ValueError):
@@ -54,10 +58,23 @@ class WorkerSettings(BaseModel):
     sizes: tuple[int, ...] = (128, 256, 512)
     # CLIP's precision: auto (fp16 on CUDA, bf16 on CPUs that do it natively, else fp32), fp32, bf16, fp16.
     clip_precision: ClipPrecision = "auto"
+    # Which OpenAI CLIP judges the images: ViT-B/32 (BigSleep's), or the larger ViT-B/16, ViT-L/14 (slower; README).
+    clip_model: ClipModel = "ViT-B/32"
+    # Defaults of jobs' BigSleep options, recorded in each job's spec: crops gather around the centre; the result
+    # is the best-scored EMA image rather than the last.
+    center_bias: bool = False
+    save_best: bool = False
     # A step that reports nothing for this long counts as hung: the worker is restarted and its jobs re-run.
     hang_timeout_seconds: float = Field(default=300.0, gt=0)
     # Longest start of the worker (importing torch, loading or first downloading the weights).
     startup_timeout_seconds: float = Field(default=1800.0, gt=0)
+    # Where workers run: "local" (processes on this machine) or "ray" (actors on the Ray cluster at cluster.address).
+    backend: WorkerBackend = "local"
+    # Local workers: one process per device listed ("cuda:0", "cuda:1", "cpu"; "cpu" may repeat), or "all" (one per
+    # GPU that nvidia-smi lists). Empty: one worker on `device`.
+    devices: Literal["all"] | tuple[str, ...] = ()
+    # Torch threads of each CPU worker; 0: all cores for a lone CPU worker, an equal share each when several run.
+    cpu_threads: int = Field(default=0, ge=0, le=1024)
 
     @model_validator(mode="after")
     def _known_sizes(self) -> WorkerSettings:
@@ -65,6 +82,52 @@ class WorkerSettings(BaseModel):
         if unknown or not self.sizes:
             raise ValueError(f"sizes must be a non-empty list drawn from {list(ALLOWED_SIZES)}, not {list(self.sizes)}")
         return self
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _all_or_a_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.lower() == "all":
+                return "all"
+            # BIGSLEEP_WORKER__DEVICES=cuda:0,cuda:1 as well as the JSON list pydantic reads itself.
+            return tuple(part.strip() for part in text.split(",") if part.strip())
+        return value
+
+    @field_validator("devices")
+    @classmethod
+    def _devices_make_sense(cls, value: Any) -> Any:
+        if value == "all":
+            return value
+        bad = [device for device in value if not _DEVICE.fullmatch(device)]
+        if bad:
+            raise ValueError(f'devices must be "all" or a list of "cpu", "cuda" or "cuda:N", not {bad}')
+        gpus = [device for device in value if device != "cpu"]
+        twice = sorted({device for device in gpus if gpus.count(device) > 1})
+        if twice:
+            raise ValueError(f"devices lists {', '.join(twice)} more than once: one worker per GPU")
+        return value
+
+
+class ClusterSettings(BaseModel):
+    """The `[cluster]` section: the Ray cluster whose GPUs the workers run on (worker.backend = "ray")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The Ray head's address, "host:6379" (what `ray start --head` prints); the bot connects as a Ray client.
+    address: str = ""
+    # GPUs each worker (a Ray actor) takes; 0 makes CPU workers (tests, and trying a cluster without GPUs).
+    gpus_per_worker: float = Field(default=1.0, ge=0.0, le=64.0)
+    # CPUs each worker takes (Ray schedules by these); also its torch threads when it runs on the CPU.
+    cpus_per_worker: float = Field(default=1.0, gt=0.0, le=1024.0)
+    # Most workers at once; 0: one per GPU the cluster offers (CPU workers need a number).
+    max_workers: int = Field(default=0, ge=0, le=4096)
+    # Ray namespace of the bot's actors (several bots may share a cluster under different namespaces).
+    namespace: str = Field(default="bigsleep", min_length=1)
+    # Longest wait to connect to the cluster before trying again (the bot stays up meanwhile).
+    connect_timeout_seconds: float = Field(default=30.0, gt=0)
+    # A worker that does not answer for this long counts as dead (its node is gone): its jobs go back to the queue.
+    silence_timeout_seconds: float = Field(default=8.0, gt=0)
 
 
 class GeneratorSettings(BaseSettings):
@@ -85,6 +148,18 @@ class GeneratorSettings(BaseSettings):
     # 'auto' picks CUDA when present; or 'cpu', 'cuda', 'cuda:1'.
     device: str = "auto"
     worker: WorkerSettings = WorkerSettings()
+    cluster: ClusterSettings = ClusterSettings()
+
+    @model_validator(mode="after")
+    def _backend_has_what_it_needs(self) -> GeneratorSettings:
+        if self.worker.backend == "ray":
+            if not self.cluster.address.strip():
+                raise ValueError('worker.backend = "ray" needs cluster.address (the Ray head, "host:6379")')
+            if self.cluster.gpus_per_worker == 0 and self.cluster.max_workers == 0:
+                raise ValueError("CPU workers on Ray (cluster.gpus_per_worker = 0) need cluster.max_workers")
+            if self.worker.devices:
+                raise ValueError('worker.devices is for worker.backend = "local"; Ray places its workers itself')
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -102,6 +177,7 @@ class GeneratorSettings(BaseSettings):
         return tuple(sources)
 
 
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 _TRUE_WORDS = {"1", "true", "yes", "on"}
 _FALSE_WORDS = {"", "0", "false", "no", "off"}
 

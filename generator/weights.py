@@ -30,7 +30,7 @@ from typing import Any
 
 import platformdirs
 
-from generator.protocol import ALLOWED_SIZES
+from generator.protocol import ALLOWED_SIZES, CLIP_MODELS, DEFAULT_CLIP_MODEL
 from generator.settings import WeightsSettings
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,15 @@ _BIGGAN_URL = "https://s3.amazonaws.com/models.huggingface.co/biggan/biggan-deep
 # Only BigGAN-deep-256's weights have a size we know to the byte; the others are left to trust-on-first-use.
 _BIGGAN_WEIGHTS_SIZES = {256: 234_411_737}
 
-_CLIP_SHA256 = "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af"
-_CLIP_URL = f"https://openaipublic.azureedge.net/clip/models/{_CLIP_SHA256}/ViT-B-32.pt"
-_CLIP_SIZE = 353_976_522
+# OpenAI's URLs (the clip package's _MODELS) carry each file's SHA-256 as their second-to-last segment.
+_CLIP_URL = "https://openaipublic.azureedge.net/clip/models/{sha256}/{name}.pt"
+# name: (SHA-256, size in bytes where we know it to the byte; otherwise the SHA-256 alone decides).
+_CLIP_CHECKPOINTS = {
+    "ViT-B/32": ("40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af", 353_976_522),
+    "ViT-B/16": ("5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f", None),
+    "ViT-L/14": ("b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836", None),
+}
+assert tuple(_CLIP_CHECKPOINTS) == CLIP_MODELS
 
 # pooch's default chunk is 1 KiB with a flush after each one: hundreds of thousands of writes for CLIP.
 _DOWNLOAD_CHUNK_BYTES = 1024 * 1024
@@ -97,16 +103,20 @@ def biggan_files(size: int, mirror: str | None = None) -> list[WeightFile]:
     ]
 
 
-def clip_files(mirror: str | None = None) -> list[WeightFile]:
-    """OpenAI's CLIP ViT-B/32 checkpoint."""
-    key = "clip/ViT-B-32.pt"
-    return [WeightFile(key, _url(key, _CLIP_URL, mirror), _CLIP_SHA256, _CLIP_SIZE)]
+def clip_files(mirror: str | None = None, model: str = DEFAULT_CLIP_MODEL) -> list[WeightFile]:
+    """OpenAI's checkpoint of the CLIP `model` (one of CLIP_MODELS)."""
+    if model not in _CLIP_CHECKPOINTS:
+        raise ValueError(f"CLIP comes as {', '.join(CLIP_MODELS)} here, not {model!r}.")
+    sha256, size = _CLIP_CHECKPOINTS[model]
+    name = model.replace("/", "-")
+    key = f"clip/{name}.pt"
+    return [WeightFile(key, _url(key, _CLIP_URL.format(sha256=sha256, name=name), mirror), sha256, size)]
 
 
-def files_for_sizes(sizes: Iterable[int], mirror: str | None = None) -> list[WeightFile]:
+def files_for_sizes(sizes: Iterable[int], mirror: str | None = None, clip_model: str = DEFAULT_CLIP_MODEL) -> list[WeightFile]:
     """Everything needed to dream at each of `sizes`: CLIP once, and one BigGAN per distinct size."""
     files: dict[str, WeightFile] = {}
-    for weight_file in clip_files(mirror) + [f for size in sizes for f in biggan_files(size, mirror)]:
+    for weight_file in clip_files(mirror, clip_model) + [f for size in sizes for f in biggan_files(size, mirror)]:
         files.setdefault(weight_file.key, weight_file)
     return list(files.values())
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from generator.protocol import ALLOWED_SIZES, CLIP_PRECISIONS, MODEL_KINDS, JobRequest
+from generator.protocol import ALLOWED_SIZES, CLIP_MODELS, CLIP_PRECISIONS, DEFAULT_CLIP_MODEL, MODEL_KINDS, JobEvent, JobRequest
 
 
 def _models_kind_from_env() -> str:
@@ -38,6 +39,8 @@ class WorkerConfig:
     # auto (CUDA when present), cpu, cuda, cuda:N; default from $BIGSLEEP_DEVICE.
     device: str = field(default_factory=_device_from_env)
     clip_precision: str = "auto"
+    # Which OpenAI CLIP judges the images (protocol.CLIP_MODELS).
+    clip_model: str = DEFAULT_CLIP_MODEL
     # Jobs of one size optimised together in one step; 1 runs one job at a time.
     max_batch_size: int = 4
     # An idle worker that gets a job waits this long for more before its first step, so that jobs submitted
@@ -68,6 +71,8 @@ class WorkerConfig:
     log_level: str = "INFO"
     # "module:Class" of a logging.Formatter for the worker's lines (the bot passes its JSON one); None: plain text.
     log_formatter: str | None = None
+    # How the worker is named in health, /queue and metrics ("local-0", "ray-3").
+    worker_id: str = "local"
 
     def __post_init__(self) -> None:
         if self.models_kind not in MODEL_KINDS:
@@ -76,6 +81,8 @@ class WorkerConfig:
             raise ValueError(f"sizes must be some of {ALLOWED_SIZES}, not {self.sizes!r}")
         if self.clip_precision not in CLIP_PRECISIONS:
             raise ValueError(f"clip_precision must be one of {', '.join(CLIP_PRECISIONS)}, not {self.clip_precision!r}")
+        if self.clip_model not in CLIP_MODELS:
+            raise ValueError(f"clip_model must be one of {', '.join(CLIP_MODELS)}, not {self.clip_model!r}")
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, not {self.max_batch_size}")
         if self.heartbeat_timeout_s <= self.heartbeat_interval_s:
@@ -110,6 +117,9 @@ class WorkerHealth:
     state: WorkerState
     # Jobs handed to submit() now reach a worker (state "ready"); at other times submit() hands them back.
     accepting_jobs: bool
+    # Which worker this is ("local-0", "ray-3") and the machine it runs on (host name or Ray node address).
+    worker_id: str = "local"
+    node: str = ""
     # A worker process is up with its models loaded (also while it stops).
     alive: bool = False
     # Worker processes started to replace one that died, hung or failed to start: one per process.
@@ -124,14 +134,54 @@ class WorkerHealth:
     models_kind: str = ""
     # As the worker resolved it ("cuda:0", "cpu"); None until a worker is ready.
     device: str | None = None
-    # Image sizes the worker makes, and how many jobs it runs together.
+    # Image sizes the worker makes (none named: any), and how many jobs it runs together (0: not said; the
+    # dispatcher then uses its own default).
     sizes: tuple[int, ...] = ()
-    max_batch_size: int = 1
+    max_batch_size: int = 0
     # Why the last worker died or failed to start, until a worker is ready again (for the operator).
     failure: str | None = None
     # Failed starts in a row, and (state "waiting to retry") the wall-clock time of the next try.
     failed_starts: int = 0
     retry_at: float | None = None
+
+
+@dataclass(frozen=True)
+class PoolHealth:
+    """What a pool of workers says (`WorkerPool.health()`): each worker's health, and why there is none when
+    the pool can offer none (a Ray cluster that cannot be reached, say)."""
+
+    workers: tuple[WorkerHealth, ...] = ()
+    # "local", "ray" or "simulated".
+    backend: str = "local"
+    # A sentence for the operator while the pool itself is in trouble or has no worker; None otherwise.
+    problem: str | None = None
+
+    @property
+    def accepting_jobs(self) -> bool:
+        return any(worker.accepting_jobs for worker in self.workers)
+
+    @property
+    def restarts(self) -> int:
+        return sum(worker.restarts for worker in self.workers)
+
+    @property
+    def models_kind(self) -> str:
+        return next((worker.models_kind for worker in self.workers if worker.models_kind), "")
+
+    @property
+    def state(self) -> str:
+        """"ready" while some worker takes jobs; else the most hopeful state among them ("no workers" if none)."""
+        if self.accepting_jobs:
+            return "ready"
+        states = [worker.state for worker in self.workers]
+        for state in ("starting", "restarting", "waiting to retry", "stopping", "stopped", "not started"):
+            if state in states:
+                return state
+        return "no workers"
+
+    def capacity(self) -> int:
+        """Jobs the workers that take jobs now can hold together."""
+        return sum(worker.max_batch_size for worker in self.workers if worker.accepting_jobs)
 
 
 class WorkerStateKeeper:
@@ -214,6 +264,8 @@ class WorkerReady:
     device: str
     sizes: tuple[int, ...]
     clip_dtype: str
+    # The machine: its host name (a Ray actor: its node's address).
+    node: str = ""
 
 
 @dataclass(frozen=True)
@@ -238,3 +290,77 @@ class StepDone:
 @dataclass(frozen=True)
 class WorkerStopped:
     pass
+
+
+class ClientGone(Exception):
+    """The client's end of a pipe is closed: nobody is left to work for."""
+
+
+class EventSender:
+    """Sends to the client from the main loop and side threads (heartbeats), one whole message at a time."""
+
+    def __init__(self, connection: Any):
+        self._connection = connection
+        self._lock = threading.Lock()
+
+    def send(self, message: Any) -> None:
+        with self._lock:
+            try:
+                self._connection.send(message)
+            except (OSError, ValueError) as error:
+                raise ClientGone from error
+
+
+def send_heartbeats(sender: EventSender, interval_s: float, stop: threading.Event) -> None:
+    # From a side thread, so a long step (which releases the GIL in torch) does not look like a dead process;
+    # a step that never ends is caught by the client's hang timeout instead.
+    while not stop.wait(interval_s):
+        try:
+            sender.send(Heartbeat())
+        except ClientGone:
+            return
+
+
+# ---- messages between a Ray pool (in the bot) and its bridge process (the Ray driver) ---------------------
+
+
+@dataclass(frozen=True)
+class ToWorker:
+    """A SubmitJob, CancelJob or StopWorker for one Ray worker."""
+
+    worker_id: str
+    message: SubmitJob | CancelJob | StopWorker
+
+
+@dataclass(frozen=True)
+class FromWorker:
+    """What a Ray worker said: WorkerReady, WorkerStartFailed, StepDone, or a job event."""
+
+    worker_id: str
+    message: WorkerReady | WorkerStartFailed | StepDone | JobEvent
+
+
+@dataclass(frozen=True)
+class WorkerJoined:
+    """The bridge created a worker (an actor); it loads its models and then says WorkerReady."""
+
+    worker_id: str
+
+
+@dataclass(frozen=True)
+class WorkerLeft:
+    """A worker is gone (its actor or node died, it hung, it went silent, or it stopped); `reason` says which."""
+
+    worker_id: str
+    reason: str
+    died: bool = True
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    """The bridge's view of the cluster: reachable or not (why), and how many workers it wants there."""
+
+    reachable: bool
+    problem: str | None = None
+    gpus: float = 0.0
+    wanted_workers: int = 0

@@ -17,6 +17,7 @@ import importlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -28,14 +29,15 @@ from typing import Any
 
 import torch
 
+from generator.cpu_share import yield_cpu_to_bot
 from generator.engine import DreamEngine, DreamJob, DreamOutcome, StepReport
 from generator.images import png_bytes
 from generator.models import (
     DreamModels,
     clip_dtype_for,
     load_models,
+    prepare_process,
     resolve_device,
-    use_repeatable_kernels,
 )
 from generator.protocol import (
     DreamSpec,
@@ -49,8 +51,9 @@ from generator.protocol import (
 )
 from generator.wire import (
     CancelJob,
+    ClientGone,
     EarlyCancels,
-    Heartbeat,
+    EventSender,
     StepDone,
     StopWorker,
     SubmitJob,
@@ -58,6 +61,7 @@ from generator.wire import (
     WorkerReady,
     WorkerStartFailed,
     WorkerStopped,
+    send_heartbeats,
 )
 
 log = logging.getLogger("bigsleep.worker")
@@ -70,35 +74,6 @@ INTERNAL_ERROR = (
     "The image generator hit an internal error ({kind}) while making this image. "
     "It has been logged; other settings may work."
 )
-
-
-class ClientGone(Exception):
-    """The client's end of a pipe is closed: nobody is left to work for."""
-
-
-class EventSender:
-    """Sends to the client from the main loop and the heartbeat thread, one whole message at a time."""
-
-    def __init__(self, connection: Connection):
-        self._connection = connection
-        self._lock = threading.Lock()
-
-    def send(self, message: Any) -> None:
-        with self._lock:
-            try:
-                self._connection.send(message)
-            except (OSError, ValueError) as error:
-                raise ClientGone from error
-
-
-def send_heartbeats(sender: EventSender, interval_s: float, stop: threading.Event) -> None:
-    # From a side thread, so a long step (which releases the GIL in torch) does not look like a dead process;
-    # a step that never ends is caught by the client's hang timeout instead.
-    while not stop.wait(interval_s):
-        try:
-            sender.send(Heartbeat())
-        except ClientGone:
-            return
 
 
 def serve(config: WorkerConfig, requests: Connection, events: Connection) -> None:
@@ -128,16 +103,7 @@ def serve(config: WorkerConfig, requests: Connection, events: Connection) -> Non
             exit_code = 1
             sender.send(WorkerStartFailed(f"{type(error).__name__}: {error}"))
             return
-        models = engine.models
-        sender.send(
-            WorkerReady(
-                pid=os.getpid(),
-                models_kind=models.kind,
-                device=str(models.device),
-                sizes=tuple(models.sizes),
-                clip_dtype=str(models.clip_dtype).removeprefix("torch."),
-            )
-        )
+        sender.send(ready_message(engine, socket.gethostname()))
         GenerationLoop(engine, config.max_batch_size, requests, sender, config.batch_wait_s).run()
     except ClientGone:
         log.warning("the client went away; exiting")
@@ -155,13 +121,28 @@ def serve(config: WorkerConfig, requests: Connection, events: Connection) -> Non
         os._exit(exit_code)
 
 
+def ready_message(engine: DreamEngine, node: str) -> WorkerReady:
+    """What a worker says once its models are loaded (`node`: the machine it runs on)."""
+    models = engine.models
+    return WorkerReady(
+        pid=os.getpid(),
+        models_kind=models.kind,
+        device=str(models.device),
+        sizes=tuple(models.sizes),
+        clip_dtype=str(models.clip_dtype).removeprefix("torch."),
+        node=node,
+    )
+
+
 def build_engine(config: WorkerConfig) -> DreamEngine:
     if config.torch_threads is not None:
         torch.set_num_threads(config.torch_threads)
     device = resolve_device(config.device)
-    use_repeatable_kernels(device)
+    prepare_process(device)
+    yield_cpu_to_bot(device.type)
     started = time.perf_counter()
-    models = load_models(config.models_kind, config.sizes, device, clip_dtype_for(config.clip_precision, device))
+    models = load_models(config.models_kind, config.sizes, device, clip_dtype_for(config.clip_precision, device),
+                         clip_name=config.clip_model)
     log.info("loaded %s models for %s px on %s in %.1f s", models.kind, models.sizes, device, time.perf_counter() - started)
     factory: Callable[[DreamModels], DreamEngine] = DreamEngine
     if config.engine_factory is not None:
@@ -439,6 +420,8 @@ class GenerationLoop:
             latents_npz=outcome.latents_npz,
             cutouts=job.dream.cutouts,
             timelapse_gif=outcome.timelapse_gif() if job.request.timelapse else None,
+            score=outcome.score,
+            score_step=outcome.score_step,
         )
         self.remove(job)
         self.sender.send(result)

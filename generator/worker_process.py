@@ -36,14 +36,19 @@ EXIT_GRACE_S = 10.0
 _Process = TypeVar("_Process", bound="WorkerProcess")
 
 
-def _run_worker_process(config: WorkerConfig, requests: Connection, events: Connection) -> None:
-    """Entry point of the spawned process. Lives here, torch-free, so that starting it never imports torch here."""
-    if config.log_formatter is not None:
-        # Installed before serve() so that its own logging.basicConfig finds a handler and leaves it alone.
-        module_name, _, formatter_name = config.log_formatter.partition(":")
+def use_log_formatter(log_formatter: str | None, log_level: str) -> None:
+    """Shape this process's log lines with the formatter named "module:Class" (the bot's JSON one), if any."""
+    if log_formatter is not None:
+        # Installed before anything calls logging.basicConfig, which then finds a handler and leaves it alone.
+        module_name, _, formatter_name = log_formatter.partition(":")
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(getattr(importlib.import_module(module_name), formatter_name)())
-        logging.basicConfig(level=config.log_level, handlers=[handler])
+        logging.basicConfig(level=log_level, handlers=[handler])
+
+
+def _run_worker_process(config: WorkerConfig, requests: Connection, events: Connection) -> None:
+    """Entry point of the spawned process. Lives here, torch-free, so that starting it never imports torch here."""
+    use_log_formatter(config.log_formatter, config.log_level)
     from generator.worker import serve
 
     serve(config, requests, events)
@@ -71,20 +76,23 @@ class WorkerProcess:
     def spawn(
         cls: type[_Process],
         context: SpawnContext,
-        config: WorkerConfig,
+        config: Any,
         number: int,
         *,
         loop: asyncio.AbstractEventLoop,
         on_message: Callable[[_Process, Any], None],
         on_exit: Callable[[_Process, int | None], None],
+        target: Callable[[Any, Connection, Connection], None] = _run_worker_process,
+        name: str = "bigsleep-generator",
     ) -> _Process:
-        """Start a generation process with its own pipes, and the threads that talk to it."""
+        """Start a generation process (or another `target(config, requests, events)`, such as the Ray bridge)
+        with its own pipes, and the threads that talk to it."""
         worker_reads, client_writes = context.Pipe(duplex=False)
         client_reads, worker_writes = context.Pipe(duplex=False)
         process = context.Process(
-            target=_run_worker_process,
+            target=target,
             args=(config, worker_reads, worker_writes),
-            name=f"bigsleep-generator-{number}",
+            name=f"{name}-{number}",
             # multiprocessing terminates daemonic children when this interpreter exits, even without stop().
             daemon=True,
         )
@@ -98,8 +106,8 @@ class WorkerProcess:
         worker = cls(number, process, client_writes, client_reads)
         worker._loop = loop
         threads = ((worker._read_events, (on_message, on_exit), "reader"), (worker._write_requests, (), "writer"))
-        for target, args, role in threads:
-            thread = threading.Thread(target=target, args=args, name=f"bigsleep-generator-{number}-{role}", daemon=True)
+        for run, args, role in threads:
+            thread = threading.Thread(target=run, args=args, name=f"{name}-{number}-{role}", daemon=True)
             worker.threads.append(thread)
             thread.start()
         return worker

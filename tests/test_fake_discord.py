@@ -16,6 +16,7 @@ from discord import app_commands
 from discord.ext import commands
 from discord.http import Route
 from fakediscord import (
+    CdnBehaviour,
     CommandNotVisible,
     FakeDiscord,
     InteractionFailed,
@@ -344,6 +345,81 @@ async def test_entity_options_and_a_select_menu(fake_discord, world, bot):
     assert offered.content == f'mod sent {len(make_png(2, 2, (9, 9, 9)))} bytes'
     assert (updated.kind, updated.message.content, updated.message.components) == ('update_message', 'picked b', [])
     assert updated.message is offered.message and offered.message.edit_count == 1
+
+
+def make_jpeg(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new('RGB', (width, height), (200, 120, 40)).save(buffer, format='JPEG')
+    return buffer.getvalue()
+
+
+async def test_an_attachment_option_resolves_as_discord_sends_it_and_its_url_is_served(fake_discord, world, bot):
+    photo = make_jpeg(6, 4)
+
+    command = await fake_discord.invoke_command(world.channel, world.alice, 'describe', who=world.moderator,
+                                                image=Upload('photo.jpg', photo))
+    answer = await command.wait_response()
+
+    (option_id, resolved), = command.data['resolved']['attachments'].items()
+    assert {key: resolved[key] for key in ('filename', 'size', 'content_type', 'width', 'height')} == {
+        'filename': 'photo.jpg', 'size': len(photo), 'content_type': 'image/jpeg', 'width': 6, 'height': 4}
+    assert resolved['url'] == resolved['proxy_url'] and resolved['url'].startswith(fake_discord.base_url)
+    # discord.py parsed the payload as it is and read the bytes from the fake's CDN.
+    assert answer.content == f'mod sent {len(photo)} bytes'
+    assert [a.id for a in command.attachments] == [int(option_id)] and fake_discord.cdn_fetches == [int(option_id)]
+
+
+async def cdn_get(url: str, **options: Any) -> tuple[int, Any, bytes]:
+    async with aiohttp.ClientSession() as session, session.get(url, **options) as response:
+        return response.status, response.headers, await response.read()
+
+
+async def test_the_cdn_expires_links_with_403_and_with_the_clock_with_404(fake_discord, world, bot):
+    sent = await bot.get_channel(world.channel.id).send(file=discord.File(io.BytesIO(b'abc'), 'a.png'))
+    url = sent.attachments[0].url
+    assert (await cdn_get(url))[::2] == (200, b'abc')
+
+    fake_discord.expire_attachment_links()
+    assert (await cdn_get(url))[0] == 403
+
+    fake_discord.message(sent.id).attachments[0].cdn = CdnBehaviour()
+    fake_discord.clock.advance(fake_discord.attachment_url_lifetime + 1)
+    assert (await cdn_get(url))[0] == 404
+
+
+@pytest.mark.parametrize('cdn, announced, received', [
+    (CdnBehaviour(content_length=3), '3', b'012'),  # too small: the body is cut where the header says
+    (CdnBehaviour(chunked=True), None, bytes(range(200)) * 1000),  # no length at all: every byte, in chunks
+])
+async def test_the_cdn_can_announce_a_wrong_length_or_none(fake_discord, world, bot, cdn, announced, received):
+    data = bytes(range(200)) * 1000 if cdn.chunked else b'0123456789'
+    sent = await bot.get_channel(world.channel.id).send(file=discord.File(io.BytesIO(data), 'f.bin'))
+    fake_discord.message(sent.id).attachments[0].cdn = cdn
+
+    status, headers, body = await cdn_get(sent.attachments[0].url)
+
+    assert (status, headers.get('Content-Length'), body) == (200, announced, received)
+    assert ('Transfer-Encoding' in headers) == cdn.chunked
+
+
+async def test_the_cdn_can_promise_more_than_it_sends_send_it_compressed_or_send_other_bytes(fake_discord, world, bot):
+    data = b'\0' * 1_000_000
+    sent = await bot.get_channel(world.channel.id).send(file=discord.File(io.BytesIO(data), 'f.bin'))
+    stored = fake_discord.message(sent.id).attachments[0]
+
+    stored.cdn = CdnBehaviour(content_length=len(data) + 10)
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await cdn_get(sent.attachments[0].url)
+
+    stored.cdn = CdnBehaviour(gzip=True)
+    status, headers, body = await cdn_get(sent.attachments[0].url)
+    assert (status, headers['Content-Encoding'], body) == (200, 'gzip', data)
+    assert int(headers['Content-Length']) < len(data) // 100
+
+    # Other bytes than the attachment's (more than its payload's size said): the payload is unchanged.
+    stored.cdn = CdnBehaviour(body=b'swapped behind its back')
+    assert (await cdn_get(sent.attachments[0].url))[2] == b'swapped behind its back'
+    assert stored.to_payload()['size'] == len(data)
 
 
 async def test_direct_messages_and_users_who_block_them(fake_discord, world, bot):

@@ -29,7 +29,14 @@ CASES = {
         "import bot.jobs.parsing\n"
         # parsing loads CLIP's tokenizer lazily: that path must stay torch-free too
         "bot.jobs.parsing.parse_imagine('a bowl of cherries')",
-        ("torch", "torchvision", "clip"),
+        # Nor ray: a Ray driver ends its process when its cluster goes away, so only the bridge process is one.
+        ("torch", "torchvision", "clip", "ray"),
+    ),
+    "the worker pools": (
+        "from generator.pool import local_pool\nfrom generator.ray_pool import RayPool, RayPoolConfig\n"
+        "from generator.wire import WorkerConfig\nconfig = WorkerConfig(models_kind='tiny', sizes=(128,))\n"
+        "local_pool(config, ['cpu', 'cpu'])\nRayPool(RayPoolConfig(address='head:6379', worker=config))",
+        ("torch", "ray", "discord", "bot"),
     ),
     "every generator module": (
         # Every module under generator/, found on disk: the generator is a base that knows nothing of the bot.

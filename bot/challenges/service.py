@@ -129,6 +129,16 @@ class ChallengeService:
             await reply_privately(interaction, "No challenge is taking entries in this server right now.")
             return
         job = await self.jobs.get(job_id.strip())
+        grid = await self.jobs.grid(job_id.strip()) if job is None else []
+        if grid and grid[0].user_id == interaction.user.id:
+            # An entry is one image: the member picks one of the grid's.
+            await reply_privately(
+                interaction,
+                f"`{grid[0].grid_id}` is a grid of {len(grid)}; an entry is one image. Press the U button of the one "
+                "you want (it posts that image alone, with a Submit button), or give its own id: "
+                + ", ".join(f"`{image.id}`" for image in grid) + ".",
+            )
+            return
         if job is None or job.user_id != interaction.user.id:
             await reply_privately(interaction, f"You have no job `{shorten(job_id, 40)}`; only your own images can be entered.")
             return

@@ -21,7 +21,7 @@ from bot.jobs.dispatcher import NotCancellable
 from bot.jobs.job import Job
 from bot.jobs.parsing import RANDOM_SEED_LIMIT
 from bot.jobs.ports import Actor, ModeratorActions
-from bot.jobs.queueing import submit_and_answer
+from bot.jobs.queueing import requester_of, submit_and_answer
 from bot.jobs.store import JobNotFound
 from bot.messages import reply_privately
 from bot.permissions import is_moderator
@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("reroll", "vary", "cancel", "delete")
+# "upscale": a grid's U buttons (bot.jobs.grids), which post one image of it alone.
+ACTIONS = ("reroll", "vary", "cancel", "delete", "upscale")
 CUSTOM_ID_PREFIX = "bs"
 _TEMPLATE = re.compile(rf"{CUSTOM_ID_PREFIX}:(?P<action>{'|'.join(ACTIONS)}):(?P<job_id>[0-9a-z]{{1,32}})")
 
@@ -40,6 +41,7 @@ _LOOKS = {
     "vary": ("Variations", discord.ButtonStyle.secondary, "🌀"),
     "cancel": ("Cancel", discord.ButtonStyle.danger, None),
     "delete": ("Delete", discord.ButtonStyle.danger, "🗑️"),
+    "upscale": ("U", discord.ButtonStyle.secondary, None),
 }
 
 
@@ -48,11 +50,18 @@ def custom_id(action: str, job_id: str) -> str:
 
 
 class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=_TEMPLATE):
-    def __init__(self, action: str, job_id: str) -> None:
+    """`label` replaces the action's own (a grid's "U2", "V2"); only the custom_id matters after a restart."""
+
+    def __init__(self, action: str, job_id: str, *, label: str | None = None, row: int | None = None) -> None:
         if action not in ACTIONS:
             raise ValueError(f"unknown button action {action!r}")
-        label, style, emoji = _LOOKS[action]
-        super().__init__(discord.ui.Button(label=label, style=style, emoji=emoji, custom_id=custom_id(action, job_id)))
+        own_label, style, emoji = _LOOKS[action]
+        if label is not None:
+            emoji = None
+        button = discord.ui.Button(
+            label=label or own_label, style=style, emoji=emoji, custom_id=custom_id(action, job_id), row=row
+        )
+        super().__init__(button)
         self.action = action
         self.job_id = job_id
 
@@ -71,6 +80,7 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=_TEMPLATE):
             "vary": _vary,
             "cancel": _cancel,
             "delete": _delete,
+            "upscale": _post_alone,
         }[self.action]
         await handler(services, interaction, job)
 
@@ -160,17 +170,59 @@ async def _cancel(services: JobServices, interaction: discord.Interaction, job: 
     if not may_manage(interaction, job):
         await reply_privately(interaction, "Only the person who asked for this image (or a moderator) can cancel it.")
         return
+    # Under a grid's message, the button cancels the whole grid.
+    targets = await services.store.grid(job.grid_id) if job.grid_id else [job]
     try:
-        await services.dispatcher.cancel(job.id)
+        cancelled = await cancel_jobs(services, interaction, targets)
     except NotCancellable as error:
         await reply_privately(interaction, str(error))
         return
-    except JobNotFound:
-        await reply_privately(interaction, f"Job `{job.id}` no longer exists.")
+    await reply_privately(interaction, cancelled)
+
+
+async def cancel_jobs(services: JobServices, interaction: discord.Interaction, jobs: Sequence[Job]) -> str:
+    """Cancel the jobs that have not ended (a grid's: those of it still waiting or running), each audited when a
+    moderator cancels someone else's; returns the answer. Raises NotCancellable when none was left to cancel."""
+    cancelled = []
+    for job in jobs:
+        try:
+            await services.dispatcher.cancel(job.id)
+        except (NotCancellable, JobNotFound) as error:
+            if len(jobs) == 1:
+                raise NotCancellable(str(error)) from None
+            continue  # that image of the grid already ended
+        # Audited before the answer, so whatever the moderator does next already sees it in /modlog.
+        await audit_if_moderating(services.moderator_actions, interaction, job, "cancel", {"state": "cancelled"})
+        cancelled.append(f"`{job.id}`")
+    if not cancelled:
+        raise NotCancellable(f"Every image of grid `{jobs[0].grid_id}` already ended.")
+    return f"Cancelled {', '.join(cancelled)}."
+
+
+async def post_result(services: JobServices, interaction: discord.Interaction, job: Job) -> None:
+    """Post a finished job's image alone, with its card and buttons, in answer to the interaction (/show, and a
+    grid's U buttons), under the rules of the server it is posted in (blocks, channels, banned words, spoilers)."""
+    refusal = await services.admission.posting_refusal(requester_of(interaction), job.spec)
+    if refusal is not None:
+        await reply_privately(interaction, f"`{job.id}` can't be shown here. {refusal.sentence}")
         return
-    # Audited before the answer, so whatever the moderator does next already sees it in /modlog.
-    await audit_if_moderating(services.moderator_actions, interaction, job, "cancel", {"state": "cancelled"})
-    await reply_privately(interaction, f"Cancelled `{job.id}`.")
+    files = services.files
+    if not job.png_path or not await asyncio.to_thread(files.exists, job.png_path):
+        await reply_privately(interaction, f"The image of `{job.id}` was deleted.")
+        return
+    # Reading and uploading the file can take a moment; the thinking state keeps the interaction alive.
+    await interaction.response.defer(thinking=True)
+    png = await asyncio.to_thread(files.read, job.png_path)
+    render = services.progress.result_render(job, png, posted_in=interaction.guild_id)
+    await services.progress.load_thumbnail(render)
+    await interaction.followup.send(**render.message_kwargs(editing=False))
+
+
+async def _post_alone(services: JobServices, interaction: discord.Interaction, job: Job) -> None:
+    if job.state != "done":
+        await reply_privately(interaction, f"Job `{job.id}` has no finished image to post.")
+        return
+    await post_result(services, interaction, job)
 
 
 async def _delete(services: JobServices, interaction: discord.Interaction, job: Job) -> None:

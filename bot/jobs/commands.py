@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot.jobs import texts
-from bot.jobs.buttons import audit_if_moderating, may_manage
+from bot.jobs.admission import MAX_GRID_COUNT
+from bot.jobs.buttons import cancel_jobs, may_manage, post_result
 from bot.jobs.dispatcher import NotCancellable
+from bot.jobs.grids import post_grid
 from bot.jobs.job import Job
-from bot.jobs.queueing import requester_of
 from bot.jobs.services import JobServices
-from bot.jobs.store import JobNotFound
 from bot.messages import NO_MENTIONS, reply_privately, shorten
 from bot.permissions import is_moderator
 
@@ -45,6 +43,7 @@ class JobsCog(commands.Cog):
             total_queued=len(dispatcher.queue),
             running=running,
             progress=dispatcher.in_flight_progress(),
+            workers=dispatcher.in_flight_workers(),
         )
         if is_moderator(interaction) and interaction.guild_id is not None:
             # A moderator sees the whole server's queue, so they can find and cancel anyone's job.
@@ -56,7 +55,7 @@ class JobsCog(commands.Cog):
                 paused=dispatcher.queue.is_paused(interaction.guild_id),
             )
         if not dispatcher.backend_ready:
-            embed.set_footer(text="The generator is still starting; jobs wait until it is ready.")
+            embed.set_footer(text="No generator takes jobs right now (starting, or out of reach); jobs wait until one does.")
         await interaction.response.send_message(embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
     # -- /cancel --
@@ -65,31 +64,32 @@ class JobsCog(commands.Cog):
     @app_commands.guild_only()
     @app_commands.describe(job="The job id (leave empty if you have only one job)")
     async def cancel(self, interaction: discord.Interaction, job: str | None = None) -> None:
-        target: Job | None
+        """A job id cancels that job; a grid's id (bot.jobs.grids) every image of it not ended yet."""
+        targets: list[Job]
         if job is None:
             active = await self.store.active_jobs(interaction.user.id)
             if not active:
                 await reply_privately(interaction, "You have no waiting or running jobs.")
                 return
-            if len(active) > 1:
-                ids = ", ".join(f"`{j.id}`" for j in active[:10])
-                await reply_privately(interaction, f"You have {len(active)} jobs ({ids}); say which: `/cancel job:<id>`.")
+            ids = list(dict.fromkeys(j.grid_id or j.id for j in active))
+            if len(ids) > 1:
+                shown = ", ".join(f"`{i}`" for i in ids[:10])
+                await reply_privately(interaction, f"You have {len(ids)} jobs or grids ({shown}); say which: `/cancel job:<id>`.")
                 return
-            target = active[0]
+            targets = active
         else:
-            target = await self.store.get(job)
-            if target is None or not may_manage(interaction, target):
+            found = await self.store.get(job)
+            targets = [found] if found is not None else await self.store.grid(job)
+            if not targets or not may_manage(interaction, targets[0]):
                 # Someone else's job looks the same as no job, unless you moderate its server.
                 await reply_privately(interaction, f"You have no job `{shorten(job, 40)}`.")
                 return
         try:
-            cancelled = await self.dispatcher.cancel(target.id)
-        except (NotCancellable, JobNotFound) as problem:
+            answer = await cancel_jobs(self.services, interaction, targets)
+        except NotCancellable as problem:
             await reply_privately(interaction, str(problem))
             return
-        # Audited before the answer, so whatever the moderator does next already sees it in /modlog.
-        await audit_if_moderating(self.services.moderator_actions, interaction, target, "cancel", {"state": cancelled.state})
-        await reply_privately(interaction, f"Cancelled `{cancelled.id}`.")
+        await reply_privately(interaction, answer)
 
     @cancel.autocomplete("job")
     async def _cancel_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
@@ -108,25 +108,19 @@ class JobsCog(commands.Cog):
         """Your own jobs from any server, or anyone's from this one; posted under this server's rules (its
         blocks, allowed channels, banned words and spoiler setting), wherever the job was made."""
         found = await self.store.get(job)
-        if found is None or (found.user_id != interaction.user.id and found.guild_id != interaction.guild_id):
+        grid = [] if found is not None else await self.store.grid(job)
+        first = found or (grid[0] if grid else None)
+        if first is None or (first.user_id != interaction.user.id and first.guild_id != interaction.guild_id):
             await reply_privately(interaction, f"There is no job `{shorten(job, 40)}` here.")
             return
+        if grid:
+            await post_grid(self.services, interaction, grid)
+            return
+        assert found is not None
         if found.state != "done":
             await reply_privately(interaction, self._status_sentence(found))
             return
-        refusal = await self.services.admission.posting_refusal(requester_of(interaction), found.spec)
-        if refusal is not None:
-            await reply_privately(interaction, f"`{found.id}` can't be shown here. {refusal.sentence}")
-            return
-        files = self.services.files
-        if not await asyncio.to_thread(files.exists, found.png_path):
-            await reply_privately(interaction, f"The image of `{found.id}` was deleted.")
-            return
-        # Reading and uploading the file can take a moment; the thinking state keeps the interaction alive.
-        await interaction.response.defer(thinking=True)
-        png = await asyncio.to_thread(files.read, found.png_path)  # type: ignore[arg-type]
-        render = self.services.progress.result_render(found, png, posted_in=interaction.guild_id)
-        await interaction.followup.send(**render.message_kwargs(editing=False))
+        await post_result(self.services, interaction, found)
 
     @show.autocomplete("job")
     async def _show_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
@@ -150,9 +144,10 @@ class JobsCog(commands.Cog):
     @app_commands.command(name="history", description="Your recent jobs")
     @app_commands.guild_only()
     async def history(self, interaction: discord.Interaction) -> None:
-        jobs = await self.store.recent_jobs(interaction.user.id, limit=HISTORY_LENGTH)
+        # A grid is one entry: enough jobs for HISTORY_LENGTH grids of the most images.
+        jobs = await self.store.recent_jobs(interaction.user.id, limit=HISTORY_LENGTH * MAX_GRID_COUNT)
         await interaction.response.send_message(
-            embed=texts.history_embed(jobs), ephemeral=True, allowed_mentions=NO_MENTIONS
+            embed=texts.history_embed(jobs, limit=HISTORY_LENGTH), ephemeral=True, allowed_mentions=NO_MENTIONS
         )
 
     # -- helpers --

@@ -1,15 +1,20 @@
-"""Feeds the generation worker from the fair queue and turns its events into store updates and messages.
+"""Feeds the generation workers from the fair queue and turns their events into store updates and messages.
 
-The store is the source of truth; the FairQueue is an index over its 'queued' rows. Up to `max_in_flight` jobs
-(the worker's batch size) are handed to the worker at once, so it can batch them, and only while the backend's
-health says it accepts jobs: the dispatcher starts the backend once and from then on only reads its health
-(the backend restarts its own workers and never gives up; see generator.client).
+The store is the source of truth; the FairQueue is an index over its 'queued' rows. The dispatcher is the one
+scheduler: workers never pick jobs. Each time a job ends, a job is queued or a worker changes, it takes the next
+jobs in fair order and hands each to a worker that takes jobs now, makes its image size and has a free slot
+(a worker holds as many jobs as its batch size, so it can batch them), preferring the worker with the most free
+slots. The images of a grid (bot.jobs.grids) start together: the rest of it joins its first image on that
+worker, as far as it has free slots, whatever the running caps say. The workers come from a pool (bot.jobs.ports.WorkerPool: one process per local device, or Ray actors that
+come and go with the cluster's GPUs); the dispatcher starts the pool once and from then on only reads its
+health (workers restart themselves and never give up; see generator.client and generator.ray_pool). A single
+worker passed in is a pool of one.
 
 Every job the backend gives back unfinished goes back to the front of the queue. One that never reached a
 worker, or that a clean stop handed back, costs no attempt. One whose worker died while running it counts that
 run as an attempt (JobStore.mark_running counted it; `requeue(counts_as_attempt=False)` takes it back in the
-other cases) and runs again alone: no two such jobs are in flight together, so a job that kills every worker
-fails by itself after `max_attempts` runs while the jobs that shared its worker finish.
+other cases) and runs again alone: no two such jobs share a worker, so a job that kills every worker fails by
+itself after `max_attempts` runs while the jobs that shared its worker finish.
 
 A cancel that lands while a job is being handed to the worker, or back to the queue, stops it there: it is never
 sent, or never queued again.
@@ -25,15 +30,17 @@ import contextlib
 import logging
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from bot.jobs.fair_queue import FairQueue, JobRef, LaneFilter, UserCaps, estimate_wait
 from bot.jobs.files import ResultFiles
 from bot.jobs.job import Job, JobKind
-from bot.jobs.ports import GenerationBackend, JobMetrics, NoMetrics, ProgressSink, SilentProgress
+from bot.jobs.ports import GenerationBackend, JobMetrics, NoMetrics, ProgressSink, SilentProgress, WorkerPool
 from bot.jobs.store import IllegalTransition, JobNotFound, JobStore
 from bot.locks import KeyedLocks
 from bot.logs import bind_job
+from generator.pool import StaticPool
 from generator.protocol import (
     DreamSpec,
     JobCancelled,
@@ -43,7 +50,7 @@ from generator.protocol import (
     JobRequest,
     JobResult,
 )
-from generator.wire import WorkerHealth
+from generator.wire import PoolHealth, WorkerHealth
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +70,7 @@ class NotCancellable(Exception):
 
 @dataclass(frozen=True)
 class DispatchSettings:
+    # Slots of a worker that does not say its batch size (WorkerHealth.max_batch_size 0: a simulated one).
     max_in_flight: int = 4
     caps: UserCaps = field(default_factory=UserCaps)
     snapshots_per_job: int = 10
@@ -76,6 +84,8 @@ class DispatchSettings:
 @dataclass
 class _InFlight:
     ref: JobRef
+    # The worker it was handed to.
+    worker: GenerationBackend
     task: asyncio.Task[None] | None = None
     cancel_requested: bool = False
     step: int = 0
@@ -90,7 +100,7 @@ class Dispatcher:
         *,
         store: JobStore,
         queue: FairQueue,
-        backend: GenerationBackend,
+        backend: WorkerPool | GenerationBackend,
         files: ResultFiles,
         progress: ProgressSink | None = None,
         settings: DispatchSettings | None = None,
@@ -100,7 +110,7 @@ class Dispatcher:
     ) -> None:
         self.store = store
         self.queue = queue
-        self.backend = backend
+        self.pool: WorkerPool = backend if hasattr(backend, "workers") else StaticPool([backend])  # type: ignore[list-item]
         self.files = files
         self.progress: ProgressSink = progress or SilentProgress()
         self.settings = settings or DispatchSettings()
@@ -122,21 +132,21 @@ class Dispatcher:
     # -- lifecycle --
 
     def start(self) -> None:
-        """Start the worker and the dispatch loop in the background (the worker may take minutes to load)."""
+        """Start the workers and the dispatch loop in the background (workers may take minutes to load)."""
         if self._main_task is None:
             self._main_task = asyncio.create_task(self._main(), name="bigsleep-dispatcher")
 
     async def stop(self) -> None:
-        """Hand running jobs back to the queue (store and memory) and stop the worker."""
+        """Hand running jobs back to the queue (store and memory) and stop the workers."""
         self._stopping = True
         self._stop_requested.set()
         self._wake.set()
         if self._main_task is not None:
-            # Also stops a worker that is still loading its models.
+            # Also stops workers that are still loading their models.
             try:
-                await self.backend.stop(self.settings.stop_timeout)
+                await self.pool.stop(self.settings.stop_timeout)
             except Exception:
-                log.exception("the generation worker did not stop cleanly")
+                log.exception("the generation workers did not stop cleanly")
         tasks = [flight.task for flight in self._in_flight.values() if flight.task is not None]
         if tasks:
             # The worker's JobInterrupted events hand the jobs back; a job whose stream never ends is left
@@ -157,63 +167,107 @@ class Dispatcher:
 
     @property
     def backend_ready(self) -> bool:
-        """The worker takes jobs now."""
-        return self.worker_health().accepting_jobs
+        """Some worker takes jobs now."""
+        return self.pool_health().accepting_jobs
 
-    def worker_health(self) -> WorkerHealth:
-        """The backend's own account of its worker: what /healthz and /metrics show."""
-        return self.backend.health()
+    def pool_health(self) -> PoolHealth:
+        """The pool's own account of its workers: what /healthz, /metrics and /queue show."""
+        return self.pool.health()
 
     async def _main(self) -> None:
         try:
-            await self.backend.start()
+            await self.pool.start()
         except Exception as error:
             if self._stopping:
                 return
-            # The backend says why in its own log and in its health, and keeps trying by itself.
-            log.warning("the generation worker did not start (%s); jobs wait in the queue until it does", error)
+            # The pool says why in its own log and in its health, and keeps trying by itself.
+            log.warning("no generation worker started (%s); jobs wait in the queue until one does", error)
         else:
-            log.info("generation worker ready")
+            ready = [health.worker_id for health in self.pool_health().workers if health.accepting_jobs]
+            log.info("generation worker ready", extra={"workers": ready})
         while not self._stopping:
-            if not self.worker_health().accepting_jobs:
-                await self._until_accepting_or_stopped()
-                continue
-            self._dispatch_ready_jobs()
-            await self._wake.wait()
             self._wake.clear()
+            version = self.pool.version
+            idle = self._dispatch_ready_jobs()
+            await self._until_something_changes(version, idle)
 
-    async def _until_accepting_or_stopped(self) -> None:
-        waits = [asyncio.ensure_future(self.backend.wait_until_accepting()), asyncio.ensure_future(self._stop_requested.wait())]
+    async def _until_something_changes(self, version: int, idle: list[GenerationBackend]) -> None:
+        """Until a wake(), a stop, a worker joining or leaving, or one of the `idle` workers taking jobs."""
+        waits = [
+            asyncio.ensure_future(self._wake.wait()),
+            asyncio.ensure_future(self._stop_requested.wait()),
+            asyncio.ensure_future(self.pool.wait_for_change(version)),
+            *(asyncio.ensure_future(worker.wait_until_accepting()) for worker in idle),
+        ]
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for wait in waits:
                 wait.cancel()
 
-    def _dispatch_ready_jobs(self) -> None:
-        # Lanes whose next job is a suspect while another suspect runs: they wait, and keep their turn.
+    def _slots(self, health: WorkerHealth) -> int:
+        return health.max_batch_size or self.settings.max_in_flight
+
+    def _dispatch_ready_jobs(self) -> list[GenerationBackend]:
+        """Hand out every job that may start now; returns the workers that take no jobs (to wait for them)."""
+        free: dict[GenerationBackend, int] = {}
+        sizes: dict[GenerationBackend, frozenset[int]] = {}
+        idle = []
+        for worker in self.pool.workers():
+            health = worker.health()
+            if not health.accepting_jobs:
+                idle.append(worker)
+                continue
+            held = sum(1 for flight in self._in_flight.values() if flight.worker is worker)
+            free[worker] = self._slots(health) - held
+            sizes[worker] = frozenset(health.sizes)
+        # A worker holding a job whose last run ended with its worker's death takes no second such job.
+        with_suspect = {flight.worker for flight in self._in_flight.values() if flight.suspect}
+        # Lanes whose next job is a suspect that no worker may take now: they wait, and keep their turn.
         held_back: set[tuple[int, int]] = set()
+
+        def fits(worker: GenerationBackend, size: int) -> bool:
+            # A worker that names no sizes (a simulated one) makes any.
+            return free[worker] > 0 and (not sizes[worker] or size in sizes[worker])
 
         def lane_may_start(guild_id: int, user_id: int) -> bool:
             if (guild_id, user_id) in held_back:
                 return False
             return self._lane_gate is None or self._lane_gate(guild_id, user_id)
 
-        suspect_running = any(flight.suspect for flight in self._in_flight.values())
-        while not self._stopping and len(self._in_flight) < self.settings.max_in_flight:
-            ref = self.queue.pop_next(lambda user: self.queue.can_start(user, self.settings.caps), lane_may_start)
+        while not self._stopping:
+            ref = self.queue.pop_next(
+                lambda user: self.queue.can_start(user, self.settings.caps),
+                lane_may_start,
+                lambda size: any(fits(worker, size) for worker in free),
+            )
             if ref is None:
                 break
             suspect = ref.job_id in self._suspects
-            if suspect and suspect_running:
+            candidates = [w for w in free if fits(w, ref.size) and not (suspect and w in with_suspect)]
+            if not candidates:
                 held_back.add((ref.guild_id, ref.user_id))
                 self.queue.requeue(ref)
                 continue
-            self._suspects.discard(ref.job_id)
-            suspect_running = suspect_running or suspect
-            flight = _InFlight(ref=ref, suspect=suspect)
-            self._in_flight[ref.job_id] = flight
-            flight.task = asyncio.create_task(self._run_job(flight), name=f"bigsleep-job-{ref.job_id}")
+            # The most free slots first (spreads the work), then the worker that makes the fewest sizes (keeps
+            # the versatile ones free for jobs only they can run).
+            worker = max(candidates, key=lambda w: (free[w], -len(sizes[w])))
+            free[worker] -= 1
+            if suspect:
+                self._suspects.discard(ref.job_id)
+                with_suspect.add(worker)
+            self._hand_out(ref, worker, suspect=suspect)
+            if ref.grid_id is not None and not suspect:
+                # The rest of its grid joins it in the worker's batch, as far as the worker has room.
+                for image in self.queue.take_grid(ref.grid_id, free[worker], skip=self._suspects):
+                    free[worker] -= 1
+                    self._hand_out(image, worker, suspect=False)
+        return idle
+
+    def _hand_out(self, ref: JobRef, worker: GenerationBackend, *, suspect: bool) -> None:
+        flight = _InFlight(ref=ref, worker=worker, suspect=suspect)
+        self._in_flight[ref.job_id] = flight
+        flight.task = asyncio.create_task(self._run_job(flight), name=f"bigsleep-job-{ref.job_id}")
 
     # -- queueing --
 
@@ -229,29 +283,53 @@ class Dispatcher:
         parent_job_id: str | None = None,
         init_latents_path: str | None = None,
     ) -> Job:
-        """Store and queue a job, or raise QueueFull. The user's lock makes admit -> create -> push atomic."""
+        """Store and queue a job, or raise QueueFull."""
+        (job,) = await self.enqueue_many(
+            guild_id=guild_id, channel_id=channel_id, user_id=user_id, specs=[spec], user_name=user_name, kind=kind,
+            parent_job_id=parent_job_id, init_latents_path=init_latents_path,
+        )
+        return job
+
+    async def enqueue_many(
+        self,
+        *,
+        guild_id: int,
+        channel_id: int,
+        user_id: int,
+        specs: Sequence[DreamSpec],
+        user_name: str = "",
+        kind: JobKind = "imagine",
+        parent_job_id: str | None = None,
+        init_latents_path: str | None = None,
+    ) -> list[Job]:
+        """Store and queue one job per spec (two or more are a grid: JobStore.create_jobs), all or none: raise
+        QueueFull when the user's waiting cap has no room for all. The user's lock makes admit -> create -> push
+        atomic."""
         async with self._user_lock(user_id):
-            room = self.queue.admit(user_id, self.settings.caps)
+            room = self.queue.admit(user_id, self.settings.caps, count=len(specs))
             if not room:
                 raise QueueFull(room.reason)
-            job = await self.store.create_job(
+            jobs = await self.store.create_jobs(
                 guild_id=guild_id,
                 channel_id=channel_id,
                 user_id=user_id,
                 user_name=user_name,
-                spec=spec,
+                specs=specs,
                 kind=kind,
                 parent_job_id=parent_job_id,
                 init_latents_path=init_latents_path,
             )
-            self.queue.push(JobRef.of(job))
-        self.metrics.job_queued(job)
-        log.info(
-            "job queued", extra={"job_id": job.id, "kind": job.kind, "guild_id": job.guild_id, "user_id": job.user_id,
-                                 "steps": job.steps, "size": job.size, "queued": len(self.queue)},
-        )
+            for job in jobs:
+                self.queue.push(JobRef.of(job))
+        for job in jobs:
+            self.metrics.job_queued(job)
+            log.info(
+                "job queued", extra={"job_id": job.id, "kind": job.kind, "guild_id": job.guild_id, "user_id": job.user_id,
+                                     "steps": job.steps, "size": job.size, "queued": len(self.queue),
+                                     "grid_id": job.grid_id},
+            )
         self._wake.set()
-        return job
+        return jobs
 
     def wake(self) -> None:
         """Look at the queue again now (a server was resumed, or a limit raised)."""
@@ -261,16 +339,25 @@ class Dispatcher:
         return self.queue.position(job_id)
 
     def estimate_wait(self, position: int) -> float:
+        accepting = [health for health in self.pool_health().workers if health.accepting_jobs]
         return estimate_wait(
             position,
             list(self._durations),
-            slots=self.settings.max_in_flight,
+            slots=sum(self._slots(health) for health in accepting) or self.settings.max_in_flight,
             busy_slots=len(self._in_flight),
             default_duration=self.settings.default_job_seconds,
         )
 
     def in_flight_progress(self) -> dict[str, tuple[int, int]]:
         return {job_id: (flight.step, flight.total) for job_id, flight in self._in_flight.items()}
+
+    def in_flight_workers(self) -> dict[str, WorkerHealth]:
+        """Which worker runs each job handed out (its id, node and device), for /queue."""
+        healths: dict[int, WorkerHealth] = {}
+        for flight in self._in_flight.values():
+            if id(flight.worker) not in healths:
+                healths[id(flight.worker)] = flight.worker.health()
+        return {job_id: healths[id(flight.worker)] for job_id, flight in self._in_flight.items()}
 
     # -- cancelling --
 
@@ -291,7 +378,7 @@ class Dispatcher:
             self.progress.cancelled(job)
             # Its worker slot stays taken until the worker confirms; the final event frees it.
             try:
-                await self.backend.cancel(job.id)
+                await flight.worker.cancel(job.id)
             except Exception:
                 log.exception("could not ask the worker to cancel job %s", job.id, extra={"job_id": job.id})
             return job
@@ -318,7 +405,8 @@ class Dispatcher:
                 return  # cancelled (or removed) between the pop and now
             self.metrics.job_started(job)
             waited = _seconds_between(job.created_at, job.started_at)
-            log.info("job started", extra={"job_id": job_id, "attempt": job.attempts, "waited_seconds": waited})
+            log.info("job started", extra={"job_id": job_id, "attempt": job.attempts, "waited_seconds": waited,
+                                           "worker": flight.worker.health().worker_id})
             try:
                 request = await self._request_for(job)
             except FileNotFoundError:
@@ -349,17 +437,20 @@ class Dispatcher:
         if self.settings.snapshots_per_job > 0:
             snapshot_every = max(1, math.ceil(job.steps / self.settings.snapshots_per_job))
         spec = job.worker_spec(init_latents=init_latents, snapshot_every=snapshot_every)
+        if spec.image_prompts:
+            # The stored spec names its image prompts' pictures; the worker gets their bytes (kept by bot.jobs.files).
+            spec = await asyncio.to_thread(spec.with_image_bytes, self.files.read)
         return JobRequest(job_id=job.id, spec=spec, timelapse=self.settings.timelapse)
 
     async def _follow(self, job: Job, flight: _InFlight, request: JobRequest) -> None:
-        async for event in self.backend.submit(request):
+        async for event in flight.worker.submit(request):
             if isinstance(event, JobProgress):
-                self.metrics.steps_done(event.step - flight.step)
+                self.metrics.steps_done(event.step - flight.step, flight.worker.health())
                 flight.step, flight.total = event.step, event.total
                 if not flight.cancel_requested:
                     self.progress.running(job, event.step, event.total, event.snapshot_png)
             elif isinstance(event, JobResult):
-                self.metrics.steps_done(event.steps - flight.step)
+                self.metrics.steps_done(event.steps - flight.step, flight.worker.health())
                 await self._finish_done(job, flight, event)
                 return
             elif isinstance(event, JobFailed):

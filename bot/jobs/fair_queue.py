@@ -9,6 +9,10 @@ queued work form a rotation in the same way. Within a user (in one server), jobs
 re-queued at the front (the store gives it the smallest seq) runs first. A server or user that is skipped
 (paused, or the user is at the running cap) keeps its place, so it is served first once it may run.
 
+With several workers, a job can start only where a worker has a free slot for its image size (pop_next's
+`can_place`). A user whose first job has no such slot now starts their next job that has one (a 128 px job
+need not wait behind their 512 px one while only 128 px slots are free), and keeps their turn for the other.
+
 Costs, with n queued jobs: push O(log n); pop_next O(log n) plus O(1) for every server or user it has to skip;
 remove O(log n) amortised (lazy deletion); position O(servers + users in the job's server + the user's jobs
 in that server).
@@ -21,7 +25,7 @@ import itertools
 import math
 import statistics
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,6 +36,7 @@ DEFAULT_JOB_SECONDS = 120.0
 
 UserFilter = Callable[[int], bool]
 LaneFilter = Callable[[int, int], bool]  # (guild_id, user_id)
+SizeFilter = Callable[[int], bool]  # image size -> a worker has a free slot for it now
 
 
 class _QueueableJob(Protocol):
@@ -43,6 +48,8 @@ class _QueueableJob(Protocol):
     def user_id(self) -> int: ...
     @property
     def seq(self) -> int: ...
+    @property
+    def size(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +60,16 @@ class JobRef:
     guild_id: int
     user_id: int
     seq: int
+    # Image side in pixels: only a worker that makes this size can run it.
+    size: int = 0
+    # The grid the job is an image of (bot.jobs.grids): its images start together (take_grid).
+    grid_id: str | None = None
 
     @classmethod
     def of(cls, job: _QueueableJob) -> JobRef:
-        """From a `bot.jobs.job.Job` (or anything with id, guild_id, user_id and seq)."""
-        return cls(job_id=job.id, guild_id=job.guild_id, user_id=job.user_id, seq=job.seq)
+        """From a `bot.jobs.job.Job` (or anything with id, guild_id, user_id, seq and size, and maybe grid_id)."""
+        return cls(job_id=job.id, guild_id=job.guild_id, user_id=job.user_id, seq=job.seq, size=job.size,
+                   grid_id=getattr(job, "grid_id", None))
 
 
 @dataclass(frozen=True)
@@ -105,6 +117,8 @@ class FairQueue:
         self._running: dict[str, JobRef] = {}
         self._user_running: Counter[int] = Counter()
         self._paused_guilds: set[int] = set()
+        # The queued images of each grid.
+        self._grids: dict[str, set[str]] = {}
 
     @classmethod
     def rebuild(cls, jobs: Iterable[_QueueableJob | JobRef], caps: UserCaps | None = None) -> FairQueue:
@@ -146,18 +160,24 @@ class FairQueue:
 
     # -- caps --
 
-    def admit(self, user_id: int, caps: UserCaps | None = None) -> CapCheck:
-        """May this user queue one more job? `caps` overrides the queue's defaults for this call.
+    def admit(self, user_id: int, caps: UserCaps | None = None, count: int = 1) -> CapCheck:
+        """May this user queue `count` more jobs (a grid: all or none)? `caps` overrides the queue's defaults.
 
         Only the waiting cap applies here: running jobs hold back dispatch, not queueing. Check and push
         without an `await` in between (or under a per-user lock), or two commands at once can both pass.
         """
         caps = caps or self.caps
         waiting = self._user_queued[user_id]
-        if waiting < caps.queued:
+        if waiting + count <= caps.queued:
             return CapCheck(True)
         if caps.queued <= 0:
             return CapCheck(False, "You can't queue new jobs right now (your limit is 0).")
+        if waiting < caps.queued:
+            return CapCheck(
+                False,
+                f"A grid of {count} needs {count} places in the queue; you have {caps.queued - waiting} left "
+                f"(the limit is {caps.queued}). Ask for fewer images, or wait for a job to finish.",
+            )
         return CapCheck(
             False,
             f"You already have {_plural(waiting, 'job')} waiting (the limit is {caps.queued}). "
@@ -199,6 +219,8 @@ class FairQueue:
         self._lane_sizes[lane] += 1
         self._guild_sizes[ref.guild_id] += 1
         self._user_queued[ref.user_id] += 1
+        if ref.grid_id is not None:
+            self._grids.setdefault(ref.grid_id, set()).add(ref.job_id)
         users = self._user_rotations.setdefault(ref.guild_id, OrderedDict())
         users.setdefault(ref.user_id, None)
         self._guild_rotation.setdefault(ref.guild_id, None)
@@ -206,12 +228,16 @@ class FairQueue:
             users.move_to_end(ref.user_id, last=False)
             self._guild_rotation.move_to_end(ref.guild_id, last=False)
 
-    def pop_next(self, can_run: UserFilter | None = None, can_run_in: LaneFilter | None = None) -> JobRef | None:
+    def pop_next(
+        self, can_run: UserFilter | None = None, can_run_in: LaneFilter | None = None, can_place: SizeFilter | None = None
+    ) -> JobRef | None:
         """Take the next job to run and count it as running for its user (call finish() when it ends).
 
         `can_run(user_id)` decides who may start now; by default, users below the running cap. `can_run_in
-        (guild_id, user_id)`, if given, also asks per server (a server's own running cap). Users they refuse
-        and paused servers are skipped but keep their places. Returns None when nothing may run.
+        (guild_id, user_id)`, if given, also asks per server (a server's own running cap). `can_place(size)`,
+        if given, says which image sizes a worker has room for now: a user's earliest job of such a size is
+        taken. Users they refuse, users with no job that fits and paused servers are skipped but keep their
+        places. Returns None when nothing may run.
         """
         allowed = can_run or self.can_start
         verdicts: dict[int, bool] = {}
@@ -221,22 +247,35 @@ class FairQueue:
             for user in self._user_rotations[guild]:
                 if user not in verdicts:
                     verdicts[user] = bool(allowed(user))
-                if verdicts[user] and (can_run_in is None or can_run_in(guild, user)):
-                    ref = self._take_from_lane(guild, user)
+                if not verdicts[user] or (can_run_in is not None and not can_run_in(guild, user)):
+                    continue
+                job_id = self._first_placeable((guild, user), can_place)
+                if job_id is not None:
+                    ref = self._take_from_lane(guild, user, job_id)
                     self._running[ref.job_id] = ref
                     self._user_running[ref.user_id] += 1
                     return ref
         return None
 
-    def _take_from_lane(self, guild: int, user: int) -> JobRef:
-        # The caller iterates the rotations; we only mutate them here, after it has stopped iterating.
-        lane = (guild, user)
+    def _first_placeable(self, lane: _Lane, can_place: SizeFilter | None) -> str | None:
+        """The lane's earliest live job whose size can be placed (any size without a filter), or None."""
         heap = self._lane_heaps[lane]
-        while True:
-            _, token, job_id = heapq.heappop(heap)
-            if self._live_token.get(job_id) == token:
-                break
-        ref = self._forget(job_id)
+        while self._live_token.get(heap[0][2]) != heap[0][1]:
+            heapq.heappop(heap)  # stale: removed or taken out of order
+        head = heap[0][2]
+        if can_place is None or can_place(self._queued[head].size):
+            return head
+        # A lane holds one user's waiting jobs in one server: a few, bounded by the waiting cap.
+        fitting = [entry for entry in heap
+                   if self._live_token.get(entry[2]) == entry[1] and can_place(self._queued[entry[2]].size)]
+        return min(fitting)[2] if fitting else None
+
+    def _take_from_lane(self, guild: int, user: int, job_id: str) -> JobRef:
+        # The caller iterates the rotations; we only mutate them here, after it has stopped iterating.
+        heap = self._lane_heaps[(guild, user)]
+        if heap[0][2] == job_id:
+            heapq.heappop(heap)
+        ref = self._forget(job_id)  # any entry left behind for it is stale from now on
         users = self._user_rotations.get(guild)
         if users is not None and user in users:
             users.move_to_end(user)
@@ -248,6 +287,11 @@ class FairQueue:
         """Drop a queued job from every count and rotation (its heap entry, if any, goes stale)."""
         ref = self._queued.pop(job_id)
         del self._live_token[job_id]
+        if ref.grid_id is not None:
+            grid = self._grids[ref.grid_id]
+            grid.discard(job_id)
+            if not grid:
+                del self._grids[ref.grid_id]
         lane = (ref.guild_id, ref.user_id)
         self._user_queued[ref.user_id] -= 1
         if not self._user_queued[ref.user_id]:
@@ -270,6 +314,20 @@ class FairQueue:
             del self._guild_sizes[ref.guild_id]
             del self._guild_rotation[ref.guild_id]
         return ref
+
+    def take_grid(self, grid_id: str, limit: int, skip: Collection[str] = ()) -> list[JobRef]:
+        """Up to `limit` queued images of a grid whose first image pop_next just handed out, in seq order, counted
+        as running like it: a grid runs as one batch, so they start with it whatever the running caps say (which
+        held the grid back until its first image could start). `skip`: job ids to leave queued."""
+        ids = sorted((job_id for job_id in self._grids.get(grid_id, ()) if job_id not in skip),
+                     key=lambda job_id: self._queued[job_id].seq)[:max(0, limit)]
+        taken = []
+        for job_id in ids:
+            ref = self._forget(job_id)
+            self._running[ref.job_id] = ref
+            self._user_running[ref.user_id] += 1
+            taken.append(ref)
+        return taken
 
     def remove(self, job_id: str) -> JobRef | None:
         """Take a queued job out (it was cancelled). Returns it, or None if it is not queued here."""

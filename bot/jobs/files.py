@@ -1,18 +1,26 @@
-"""The bot's own copies of results under the data dir.
+"""The bot's own copies of results and image prompts under the data dir.
 
 Discord's attachment URLs are signed and expire, so /show, variations and the history read these files, never
-Discord. Paths handed to the store are relative to the data dir (the dir may move). `write` is the one way the
-bot writes such a file (results, challenge entries): to a temporary name, synced to the disk, renamed, and the
-folder synced, so neither a crash nor a power cut leaves an empty or half image behind a path the store points at.
+Discord; so does the dispatcher for a job's image prompts (the pictures members gave, checked and made into a
+bounded PNG by bot.jobs.uploads). Paths handed to the store are relative to the data dir (the dir may move).
+`write` is the one way the bot writes such a file (results, challenge entries, image prompts): to a temporary
+name, synced to the disk, renamed, and the folder synced, so neither a crash nor a power cut leaves an empty or
+half image behind a path the store points at.
+
+An image prompt's file is named by its content (`prompts/<2 hex>/<SHA-256>.png`): the same picture is kept once
+however many jobs use it (a Reroll, a Variation, `like:` of the same result), and its name is its key in the
+job's spec (generator.protocol.ImagePrompt.key).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 RESULTS_DIR = "results"
+PROMPTS_DIR = "prompts"
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,25 @@ class ResultFiles:
             timelapse_path = folder / f"{job_id}.timelapse.gif"
             self.write(timelapse_path, timelapse_gif)
         return SavedResult(str(png_path), str(latents_path), str(timelapse_path) if timelapse_path else None)
+
+    @staticmethod
+    def prompt_image_key(png: bytes) -> str:
+        """Where an image prompt's PNG is kept, relative to the data dir: named by its SHA-256."""
+        digest = hashlib.sha256(png).hexdigest()
+        return str(PurePosixPath(PROMPTS_DIR) / digest[:2] / f"{digest}.png")
+
+    def save_prompt_image(self, png: bytes) -> tuple[str, bool]:
+        """Keep an image prompt's PNG (durably, see `write`); returns its key and whether this call wrote it (False:
+        the same picture was already kept)."""
+        key = self.prompt_image_key(png)
+        if self.exists(key):
+            return key, False
+        self.write(key, png)
+        return key, True
+
+    def remove(self, relative: str | PurePosixPath) -> None:
+        """Delete a file the bot keeps; nothing happens when it is already gone."""
+        self.absolute(relative).unlink(missing_ok=True)
 
     def absolute(self, relative: str | PurePosixPath) -> Path:
         path = PurePosixPath(relative)

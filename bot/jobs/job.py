@@ -58,7 +58,8 @@ class Job:
     parent_job_id: str | None
     state: str
     # The prompt and settings as the job was made, without a variation's starting latents (that file's path is
-    # init_latents_path) and without what the dispatcher adds per run (see worker_spec).
+    # init_latents_path), with its image prompts' keys but not their pictures (files under the data dir, see
+    # bot.jobs.files) and without what the dispatcher adds per run (see worker_spec).
     spec: DreamSpec
     init_latents_path: str | None
     created_at: float
@@ -80,6 +81,11 @@ class Job:
     # and when the last one ended: what the server's GPU budget counts (bot.moderation.quotas).
     gpu_seconds: float
     gpu_spent_at: float | None
+    # A grid (/imagine count:2-4) is grid_size jobs made together that share grid_id; grid_index 0 is its top
+    # left image (bot.jobs.grids). A job made alone has no grid_id and is a grid of one.
+    grid_id: str | None = None
+    grid_index: int = 0
+    grid_size: int = 1
 
     @property
     def prompt(self) -> str:
@@ -109,6 +115,10 @@ class Job:
     def made_with(self) -> DreamSpec:
         """The settings the image was made with: the same seed and these make the same image."""
         return self.ran_spec or self.spec
+
+    @property
+    def in_grid(self) -> bool:
+        return self.grid_id is not None
 
     @property
     def is_finished(self) -> bool:

@@ -10,22 +10,34 @@ words, quotas) is for `bot.jobs.admission`, which every way in shares.
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import unicodedata
+from collections.abc import Sequence
+from dataclasses import replace
 
 from bot.jobs.admission import DEFAULT_MAX_PROMPT_CHARS, ServerLimits
 from generator.protocol import (
     ALLOWED_SIZES,
+    DEFAULT_IMAGE_WEIGHT,
+    MAX_IMAGE_PROMPTS,
+    MAX_IMAGE_WEIGHT,
     MAX_SEED,
     MAX_STEPS,
     QUALITY_PRESETS,
     DreamSpec,
+    ImagePrompt,
     SpecError,
     split_prompts,
 )
 from generator.tokens import check_prompt_lengths
 
+# The key of an image prompt whose picture is not fetched yet, in the spec parse_imagine returns: the command
+# fetches and checks the pictures after the options passed, and `with_pictures` names each by its own key.
+UNFETCHED = "unfetched"
+# The least pull an image prompt may have: below it the picture changes nothing one could see.
+MIN_IMAGE_WEIGHT = 0.1
 # Seeds we pick are below 2**32: short enough to read off an image and type back, still plenty of variety.
 RANDOM_SEED_LIMIT = 2**32
 # Texts this many times over the character cap are refused before any normalisation work at all.
@@ -51,19 +63,30 @@ def parse_imagine(
     steps: object = None,
     quality: object = None,
     size: object = None,
+    images: int = 0,
+    image_weight: object = None,
     limits: ServerLimits | None = None,
     rng: random.Random | None = None,
 ) -> DreamSpec:
-    """/imagine options as a DreamSpec, or SpecError with a sentence for the user.
+    """/imagine (and /blend) options as a DreamSpec, or SpecError with a sentence for the user.
 
-    Options take Discord's types (str, int) but also strings typed by hand. A quality preset sets steps,
+    Options take Discord's types (str, int, float) but also strings typed by hand. A quality preset sets steps,
     cutouts and maybe size; explicit `steps`/`size` override it. `limits` gives the defaults for options left
-    out and the prompt's caps (characters, `|` pieces); its maxima are admission's to apply.
+    out and the prompt's caps (characters, `|` pieces); its maxima are admission's to apply. `images` pictures
+    steer too, each pulling with `image_weight` (default 1: as strongly as a text prompt); with one, the prompt
+    may be empty. Their image prompts are keyed UNFETCHED until `with_pictures` names them.
     """
     limits = limits or ServerLimits()
     clean_prompt = clean_text(prompt, "prompt", limits.max_prompt_chars)
     if not split_prompts(clean_prompt):
-        raise SpecError("The prompt is empty: describe what you want to see.")
+        if not images:
+            raise SpecError("The prompt is empty: describe what you want to see.")
+        clean_prompt = ""  # only separators: the pictures alone steer
+    if images > MAX_IMAGE_PROMPTS:
+        raise SpecError(f"Give at most {MAX_IMAGE_PROMPTS} pictures, not {images}.")
+    if image_weight is not None and not images:
+        raise SpecError("image_weight says how strongly a picture pulls: give one with `image` or `like` too.")
+    weight = DEFAULT_IMAGE_WEIGHT if image_weight is None else _image_weight(image_weight)
     clean_negative = "" if negative is None else clean_text(negative, "negative prompt", limits.max_prompt_chars)
     parts = len(split_prompts(clean_prompt)) + len(split_prompts(clean_negative))
     if parts > limits.max_prompt_parts:
@@ -96,7 +119,19 @@ def parse_imagine(
         steps=settings["steps"],
         size=settings["size"],
         cutouts=settings["cutouts"],
+        image_prompts=tuple(ImagePrompt(UNFETCHED, weight) for _ in range(images)),
+        center_bias=limits.center_bias,
+        save_best=limits.save_best,
     ).validate()
+
+
+def with_pictures(spec: DreamSpec, keys: Sequence[str]) -> DreamSpec:
+    """The spec from parse_imagine with its image prompts named, in order, by the keys of their fetched pictures."""
+    if len(keys) != len(spec.image_prompts):
+        raise ValueError(f"{len(spec.image_prompts)} image prompts, but {len(keys)} pictures")
+    return spec.with_changes(
+        image_prompts=tuple(replace(image, key=key) for image, key in zip(spec.image_prompts, keys))
+    )
 
 
 def clean_text(text: object, what: str, max_chars: int = DEFAULT_MAX_PROMPT_CHARS) -> str:
@@ -169,6 +204,24 @@ def _whole_number(value: object, what: str, low: int, high: int) -> int:
         raise SpecError(f"{what} must be at least {low}, not {number}.")
     if number > high:
         raise SpecError(f"{what} can be at most {high:,}; {number if number < 10**30 else 'yours'} is too large.")
+    return number
+
+
+def _image_weight(value: object) -> float:
+    """A weight from Discord (a float), or a number a user typed."""
+    number: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip().replace(",", "."))
+        except ValueError:
+            number = None
+    if number is None or not math.isfinite(number) or not MIN_IMAGE_WEIGHT <= number <= MAX_IMAGE_WEIGHT:
+        raise SpecError(
+            f"image_weight must be a number from {MIN_IMAGE_WEIGHT:g} to {MAX_IMAGE_WEIGHT:g} "
+            f"(1 pulls as strongly as a text prompt)."
+        )
     return number
 
 

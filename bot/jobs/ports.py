@@ -5,17 +5,20 @@ tools pass the do-nothing ones here. No discord imports, so the dispatcher runs 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bot.jobs.job import Job
 from generator.protocol import JobEvent, JobRequest
-from generator.wire import WorkerHealth
+from generator.wire import PoolHealth, WorkerHealth
 
 
 class GenerationBackend(Protocol):
-    """What the dispatcher needs from `generator.client.GenerationClient` (or a simulated stand-in)."""
+    """A worker: what the dispatcher needs from `generator.client.GenerationClient`, a Ray worker
+    (`generator.ray_pool.RayWorker`) or a simulated stand-in. Its health() also says what the dispatcher chooses
+    by: the worker's id and node, its device, the sizes it makes, how many jobs it runs together
+    (max_batch_size) and the jobs it holds."""
 
     async def start(self) -> None:
         """Start the worker. May raise if the first start fails; the backend then keeps trying by itself, so
@@ -39,6 +42,34 @@ class GenerationBackend(Protocol):
 
     async def stop(self, timeout: float) -> None:
         """Stop the worker; jobs still running end with JobInterrupted."""
+        ...
+
+
+class WorkerPool(Protocol):
+    """The set of workers: `generator.pool.StaticPool` (one process per local device) or
+    `generator.ray_pool.RayPool` (one actor per GPU of a Ray cluster, as GPUs come and go)."""
+
+    # Changes whenever a worker joins or leaves.
+    version: int
+
+    async def start(self) -> None:
+        """Start bringing workers up. May raise when none could start; the pool keeps trying by itself."""
+        ...
+
+    def workers(self) -> Sequence[GenerationBackend]:
+        """The workers now (some may be starting or down: read each one's health)."""
+        ...
+
+    def health(self) -> PoolHealth:
+        """Every worker's health, and why there are none when there are none. Cheap, never waits."""
+        ...
+
+    async def wait_for_change(self, version: int) -> None:
+        """Return once `version` is no longer the pool's (a worker joined or left)."""
+        ...
+
+    async def stop(self, timeout: float) -> None:
+        """Stop every worker; jobs still running end with JobInterrupted."""
         ...
 
 
@@ -86,8 +117,8 @@ class JobMetrics(Protocol):
         """The job reached done, failed or cancelled (job.state says which)."""
         ...
 
-    def steps_done(self, count: int) -> None:
-        """`count` more optimisation steps were done (over all jobs)."""
+    def steps_done(self, count: int, worker: WorkerHealth) -> None:
+        """`count` more optimisation steps were done by `worker` (over its jobs)."""
         ...
 
 
@@ -103,7 +134,7 @@ class NoMetrics:
     def job_finished(self, job: Job) -> None:
         pass
 
-    def steps_done(self, count: int) -> None:
+    def steps_done(self, count: int, worker: WorkerHealth) -> None:
         pass
 
 

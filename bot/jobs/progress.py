@@ -14,6 +14,7 @@ left alone for a while, and the job carries on; its owner can fetch the result w
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import logging
 import time
@@ -26,8 +27,11 @@ import discord
 
 from bot.jobs import texts
 from bot.jobs.buttons import ResultButton, active_view, result_view
+from bot.jobs.files import ResultFiles
+from bot.jobs.grids import GridBoard, compose, grid_key
 from bot.jobs.job import Job
 from bot.jobs.pacing import ChannelBudgets, Pacer
+from bot.jobs.prompt_images import thumbnail_strip
 from bot.jobs.store import JobStore
 from bot.logs import bind_job
 from bot.messages import NO_MENTIONS
@@ -47,8 +51,8 @@ _RECENTLY_ENDED_KEPT = 10_000
 
 @dataclass
 class Render:
-    """What a job's message should look like. `file` replaces the attachments; `clear_files` removes them;
-    neither keeps what the message has."""
+    """What a job's message should look like. `file` (and `thumbnail` beside it) replaces the attachments;
+    `clear_files` removes them; neither keeps what the message has."""
 
     content: str
     embed: discord.Embed | None = None
@@ -58,11 +62,18 @@ class Render:
     final: bool = False
     # For a result that cannot be posted: tell the owner by DM.
     notify_owner_if_unreachable: bool = False
+    # A result's image prompts, shown as a strip of thumbnails (its attachment name, then the pictures' keys);
+    # `thumbnail` holds the strip once ProgressMessages.load_thumbnail made it.
+    thumbnail_of: tuple[str, tuple[str, ...]] | None = None
+    thumbnail: tuple[str, bytes] | None = None
+    # A picture to make off the event loop before it is sent (a grid's, bot.jobs.grids): its name and its maker;
+    # `file` once ProgressMessages.load_picture made it.
+    picture_of: tuple[str, Callable[[], bytes]] | None = None
 
     def merged_over(self, older: Render | None) -> Render:
         """This render, keeping the older pending one's picture when this one brings none."""
-        if older is not None and self.file is None and not self.clear_files and older.file is not None:
-            self.file = older.file
+        if older is not None and self.file is None and self.picture_of is None and not self.clear_files:
+            self.file, self.picture_of = older.file, older.picture_of
         return self
 
     def message_kwargs(self, *, editing: bool) -> dict[str, Any]:
@@ -70,12 +81,12 @@ class Render:
         if editing or self.embed is not None:
             kwargs["embed"] = self.embed
         if self.file is not None:
-            name, data = self.file
-            upload = discord.File(io.BytesIO(data), filename=name)
+            shown = [self.file, *([self.thumbnail] if self.thumbnail else [])]
+            uploads = [discord.File(io.BytesIO(data), filename=name) for name, data in shown]
             if editing:
-                kwargs["attachments"] = [upload]
+                kwargs["attachments"] = uploads
             else:
-                kwargs["file"] = upload
+                kwargs["files"] = uploads
         elif self.clear_files and editing:
             kwargs["attachments"] = []
         if not editing and self.view is None:
@@ -99,7 +110,8 @@ class ProgressMessages:
     `spoiler_for(guild_id)` says whether a server wants its images behind spoilers (bot.moderation decides);
     `models_kind()` is the generation worker's (generator.wire.WorkerHealth): progress and results made with
     models that draw noise (tiny, random) say so;
-    `result_buttons` are other features' buttons under finished images (bot.challenges: "Submit to challenge").
+    `result_buttons` are other features' buttons under finished images (bot.challenges: "Submit to challenge");
+    `files` keeps the pictures of image prompts, which results show as a strip of thumbnails (without it, none).
     """
 
     def __init__(
@@ -111,8 +123,10 @@ class ProgressMessages:
         spoiler_for: Callable[[int], bool] = lambda guild_id: False,
         models_kind: Callable[[], str] = lambda: "full",
         result_buttons: Sequence[ResultButton] = (),
+        files: ResultFiles | None = None,
     ) -> None:
         self.client = client
+        self.files = files
         self.store = store
         self.settings = settings
         self.spoiler_for = spoiler_for
@@ -127,46 +141,111 @@ class ProgressMessages:
         # ones come, so only channels refused within the last `unreachable_retry_seconds` are remembered.
         self._unreachable_until: dict[int, float] = {}
         self._closing = False
+        # What each grid's message shows (bot.jobs.grids), until it shows the grid's ending.
+        self._grids = GridBoard()
 
     # -- the ProgressSink interface --
 
     def announce(self, job: Job) -> None:
         """Post a new job's "(Waiting to start)" message, unless the job already moved on (it may start before
         the command's answer is even sent; then its progress message is the first one)."""
-        if job.id not in self._trackers and job.id not in self._recently_ended:
+        if grid_key(job) not in self._trackers and grid_key(job) not in self._recently_ended:
             self.waiting(job)
 
     def waiting(self, job: Job, note: str = "") -> None:
+        if job.in_grid:
+            self._show_grid(job)
+            return
         self._set(job, Render(texts.waiting_text(job, note), clear_files=True, view=active_view(job)))
 
     def running(self, job: Job, step: int, total: int, snapshot_png: bytes | None) -> None:
+        if job.in_grid:
+            self._show_grid(job, step=(step, total), picture=snapshot_png)
+            return
         spoiler = self.spoiler_for(job.guild_id)
         file = (texts.snapshot_filename(job, spoiler=spoiler), snapshot_png) if snapshot_png else None
         text = texts.progress_text(job, step, total) + texts.models_note(self.models_kind())
         self._set(job, Render(text, file=file, view=active_view(job)))
 
     def done(self, job: Job, png: bytes) -> None:
+        if job.in_grid:
+            self._show_grid(job, picture=png)
+            return
         self._set(job, self.result_render(job, png))
 
+    def _show_grid(self, job: Job, **change: Any) -> None:
+        """One image of a grid changed: the grid's one message shows them all (bot.jobs.grids)."""
+        self._set(job, self.grid_render(self._grids, job, posted_in=job.guild_id, **change))
+
+    def grid_render(self, board: GridBoard, job: Job, *, posted_in: int, **change: Any) -> Render:
+        """What the grid's message shows after this change to one of its images (see GridBoard.update); also how
+        /show posts a finished grid, fed every image of it on a board of its own (then `load_picture`)."""
+        shown = board.update(job, spoiler=self.spoiler_for(posted_in), **change)
+        render = Render(
+            shown.text + texts.models_note(self.models_kind()), embed=shown.embed, view=shown.view,
+            final=shown.final, notify_owner_if_unreachable=shown.final, clear_files=shown.picture is None,
+        )
+        if shown.picture is not None:
+            name, slots, tile = shown.picture
+            render.picture_of = (name, functools.partial(compose, slots, tile))
+        return render
+
+    async def load_picture(self, render: Render) -> None:
+        """Make the render's picture, if it is one to make (off the event loop)."""
+        if render.picture_of is not None:
+            name, make = render.picture_of
+            render.file, render.picture_of = (name, await asyncio.to_thread(make)), None
+
     def result_render(self, job: Job, png: bytes, *, posted_in: int | None = None) -> Render:
-        """A finished job's image with its card and buttons: its message's last state, and what /show posts.
-        `posted_in`: the server it is posted in, whose spoiler setting applies (default: the job's own)."""
+        """A finished job's image with its card and buttons: its message's last state, and what /show posts
+        (after `load_thumbnail`). `posted_in`: the server it is posted in, whose spoiler setting applies (default:
+        the job's own)."""
         spoiler = self.spoiler_for(job.guild_id if posted_in is None else posted_in)
         name = texts.result_filename(job, spoiler=spoiler)
+        keys = tuple(image.key for image in job.spec.image_prompts)
+        thumbnail_name = texts.pictures_filename(job, spoiler=spoiler) if keys and self.files is not None else None
         return Render(
             texts.done_text(job) + texts.models_note(self.models_kind()),
-            # An embed shows its image unblurred, so a spoilered image stays a plain attachment.
-            embed=texts.result_embed(job, attachment_name=None if spoiler else name),
+            # An embed shows its images unblurred, so spoilered ones stay plain attachments.
+            embed=texts.result_embed(
+                job, attachment_name=None if spoiler else name, thumbnail_name=None if spoiler else thumbnail_name
+            ),
             file=(name, png),
             view=result_view(job, self.result_buttons),
             final=True,
             notify_owner_if_unreachable=True,
+            thumbnail_of=(thumbnail_name, keys) if thumbnail_name else None,
         )
 
+    async def load_thumbnail(self, render: Render) -> None:
+        """Make the strip of the render's image prompts (off the event loop). A picture no longer kept leaves the
+        strip out, and the card without it."""
+        if render.thumbnail_of is None or render.thumbnail is not None or self.files is None:
+            return
+        name, keys = render.thumbnail_of
+        files = self.files
+
+        def strip() -> bytes:
+            return thumbnail_strip([files.read(key) for key in keys])
+
+        try:
+            render.thumbnail = (name, await asyncio.to_thread(strip))
+        except (OSError, ValueError) as error:
+            log.warning("could not show the image prompts of a result: %s", error)
+            render.thumbnail_of = None
+            if render.embed is not None:
+                render.embed.set_thumbnail(url=None)
+
     def failed(self, job: Job, reason: str) -> None:
+        if job.in_grid:
+            self._show_grid(job, reason=reason)
+            return
         self._set(job, Render(texts.failed_text(job, reason), clear_files=True, final=True))
 
     def cancelled(self, job: Job) -> None:
+        if job.in_grid:
+            self._show_grid(job)
+            return
         self._set(job, Render(texts.cancelled_text(job), clear_files=True, final=True))
 
     # -- channels --
@@ -208,26 +287,28 @@ class ProgressMessages:
     # -- internals --
 
     def _set(self, job: Job, render: Render) -> None:
-        tracker = self._trackers.get(job.id)
+        # The jobs of a grid share one message, and so one tracker.
+        key = grid_key(job)
+        tracker = self._trackers.get(key)
         if tracker is None:
             pacer = Pacer(self.settings.edit_interval_seconds)
             if job.progress_message_id is not None:
                 # The message may have been changed by the previous process moments ago.
                 pacer.stamp()
-            tracker = self._trackers[job.id] = _Tracker(job=job, message_id=job.progress_message_id, pacer=pacer)
+            tracker = self._trackers[key] = _Tracker(job=job, message_id=job.progress_message_id, pacer=pacer)
         if tracker.finalised:
             return
         tracker.job = job
         tracker.pending = render.merged_over(tracker.pending)
         tracker.finalised = render.final
         if render.final:
-            self._recently_ended[job.id] = None
+            self._recently_ended[key] = None
             if len(self._recently_ended) > _RECENTLY_ENDED_KEPT:
                 self._recently_ended.popitem(last=False)
         if self._closing:
             return
         if tracker.task is None or tracker.task.done():
-            tracker.task = asyncio.create_task(self._deliver(tracker), name=f"bigsleep-progress-{job.id}")
+            tracker.task = asyncio.create_task(self._deliver(tracker), name=f"bigsleep-progress-{key}")
 
     async def _deliver(self, tracker: _Tracker) -> None:
         bind_job(tracker.job.id)  # this task's own context: its lines (discord.py's too) name the job
@@ -245,6 +326,8 @@ class ProgressMessages:
                     render, tracker.pending = tracker.pending, None
                     if render is None:
                         break
+                    await self.load_picture(render)
+                    await self.load_thumbnail(render)
                     settled = await self._apply(tracker, render)
                 if render.final and settled:
                     await self.store.mark_final_shown(tracker.job.id)
@@ -254,7 +337,7 @@ class ProgressMessages:
             log.exception("job %s: could not update its message", tracker.job.id)
         finally:
             if tracker.finalised and tracker.pending is None:
-                self._trackers.pop(tracker.job.id, None)
+                self._trackers.pop(grid_key(tracker.job), None)
 
     async def _apply(self, tracker: _Tracker, render: Render) -> bool:
         """Show the render; False when Discord refused it for a reason that may pass (try again on restart)."""
@@ -286,9 +369,10 @@ class ProgressMessages:
     async def _tell_owner_unreachable(self, job: Job, render: Render) -> None:
         if not (render.notify_owner_if_unreachable and self.settings.dm_when_unreachable):
             return
+        what = "grid" if job.in_grid else "image"
         text = (
-            f"Your image `{job.id}` is ready, but I can't post in <#{job.channel_id}>. "
-            f"Use `/show job:{job.id}` there (or in any channel) to see it."
+            f"Your {what} `{grid_key(job)}` is ready, but I can't post in <#{job.channel_id}>. "
+            f"Use `/show job:{grid_key(job)}` there (or in any channel) to see it."
         )
         try:
             channel = await self.client.create_dm(discord.Object(job.user_id))

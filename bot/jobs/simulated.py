@@ -61,10 +61,14 @@ class SimulatedGenerationClient:
     kills the worker after its first progress event: every job in flight ends with JobInterrupted naming the
     death, and a replacement is ready at once (one more restart).
 
+    `sizes` (none: any) and `max_batch_size` (0: the dispatcher's default) are what its health reports; several
+    with their own `worker_id` make a pool (`generator.pool.StaticPool`).
+
     With `cutouts_that_fit` given, a job asking for more cutouts runs out of memory and is made with half of
     them, as the real worker does (fails when half is still too many); its result says how many it ran with.
 
-    `hold()` makes new and running jobs wait (before their last event) until `release()`: tests use it to
+    `die(reason)` kills it for good (its jobs end naming the death; it takes no more). `hold()` makes new and
+    running jobs wait (before their last event) until `release()`: tests use it to
     catch a job mid-run. `take_down(reason)` makes the worker refuse new jobs (health says why; jobs already
     running go on) until `bring_up()`, which counts as a replacement worker. With `loaded` given, start()
     returns (and the worker takes jobs) only once it is set.
@@ -81,6 +85,9 @@ class SimulatedGenerationClient:
         crash_word: str = "__crash__",
         loaded: asyncio.Event | None = None,
         cutouts_that_fit: int | None = None,
+        worker_id: str = "simulated",
+        sizes: tuple[int, ...] = (),
+        max_batch_size: int = 0,
     ) -> None:
         self.seconds_per_job = seconds_per_job
         self.progress_events = progress_events
@@ -89,6 +96,9 @@ class SimulatedGenerationClient:
         self.fail_word = fail_word
         self.crash_word = crash_word
         self.cutouts_that_fit = cutouts_that_fit
+        self.worker_id = worker_id
+        self.sizes = sizes
+        self.max_batch_size = max_batch_size
         self.requests: list[JobRequest] = []
         self.completed = 0
         self.restarts = 0
@@ -115,10 +125,13 @@ class SimulatedGenerationClient:
             accepting_jobs=self._state.accepting_jobs,
             alive=self._state.accepting_jobs,
             restarts=self.restarts,
+            worker_id=self.worker_id,
+            node="simulated",
             in_flight_jobs=tuple(self._running),
             models_kind="simulated",
             device="simulated",
-            sizes=(self.image_size,) if self.image_size else (),
+            sizes=self.sizes,
+            max_batch_size=self.max_batch_size,
             failure=self._failure,
         )
 
@@ -161,6 +174,11 @@ class SimulatedGenerationClient:
     async def stop(self, timeout: float = 10.0) -> None:
         self._stopping.set()
         self._state.set("stopped")
+
+    def die(self, reason: str) -> None:
+        """Its worker dies now and stays down: every job in flight ends with JobInterrupted naming `reason`."""
+        self.take_down(reason)
+        self._crash(reason)
 
     def _crash(self, reason: str) -> None:
         for control in self._running.values():

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -132,33 +132,65 @@ class JobStore:
         init_latents_path: str | Path | None = None,
     ) -> Job:
         """Queue a new job at the back of its user's order. The spec should already be validated."""
+        (job,) = await self.create_jobs(
+            guild_id=guild_id, channel_id=channel_id, user_id=user_id, specs=[spec], user_name=user_name,
+            kind=kind, parent_job_id=parent_job_id, init_latents_path=init_latents_path,
+        )
+        return job
+
+    async def create_jobs(
+        self,
+        *,
+        guild_id: int,
+        channel_id: int,
+        user_id: int,
+        specs: Sequence[DreamSpec],
+        user_name: str = "",
+        kind: JobKind = "imagine",
+        parent_job_id: str | None = None,
+        init_latents_path: str | Path | None = None,
+    ) -> list[Job]:
+        """Queue one job per spec, in one transaction, one after another in the user's order. Two or more are a
+        grid (bot.jobs.grids): they share a new grid id and are numbered in the order given."""
+        if not specs:
+            raise ValueError("no specs to queue")
         if kind not in JOB_KINDS:
             raise ValueError(f"kind must be one of {JOB_KINDS}, not {kind!r}")
         if kind != "imagine" and parent_job_id is None:
             raise ValueError(f"a {kind} job needs the parent_job_id it was made from")
-        if spec.init_latents is not None and init_latents_path is None:
+        if any(spec.init_latents is not None for spec in specs) and init_latents_path is None:
             raise ValueError("the store keeps latents as files: save them and pass init_latents_path")
         latents_path = _relative_path(init_latents_path, "init_latents_path")
         now = self._clock()
         async with self._database.transaction() as db:
-            job_id = await self._unused_id(db)
+            grid_id = await self._unused_id(db) if len(specs) > 1 else None
+            taken = {grid_id}
             async with db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs") as cursor:
-                (seq,) = await cursor.fetchone()  # type: ignore[misc]
-            await db.execute(
-                """INSERT INTO jobs (id, seq, guild_id, channel_id, user_id, user_name, kind, parent_job_id,
-                       state, spec, init_latents_path, created_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)""",
-                (
-                    job_id, seq, guild_id, channel_id, user_id, user_name, kind, parent_job_id,
-                    _spec_document(spec), latents_path, now,
-                ),
-            )
-            return await self._fetch(db, job_id)
+                (first_seq,) = await cursor.fetchone()  # type: ignore[misc]
+            job_ids = []
+            for index, spec in enumerate(specs):
+                job_id = await self._unused_id(db, taken)
+                taken.add(job_id)
+                await db.execute(
+                    """INSERT INTO jobs (id, seq, guild_id, channel_id, user_id, user_name, kind, parent_job_id,
+                           state, spec, init_latents_path, created_at, grid_id, grid_index, grid_size)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)""",
+                    (
+                        job_id, first_seq + index, guild_id, channel_id, user_id, user_name, kind, parent_job_id,
+                        _spec_document(spec), latents_path, now, grid_id, index, len(specs),
+                    ),
+                )
+                job_ids.append(job_id)
+            return [await self._fetch(db, job_id) for job_id in job_ids]
 
-    async def _unused_id(self, db: aiosqlite.Connection) -> str:
+    async def _unused_id(self, db: aiosqlite.Connection, taken: Collection[str | None] = ()) -> str:
+        """An id no job and no grid has, nor any of `taken` (ids this transaction gave out but has not stored yet)."""
         for _ in range(_ID_ATTEMPTS):
             candidate = normalize_job_id(self._id_factory())
-            async with db.execute("SELECT 1 FROM jobs WHERE id = ?", (candidate,)) as cursor:
+            if candidate in taken:
+                continue
+            # Job ids and grid ids share one space: /show and /cancel take either.
+            async with db.execute("SELECT 1 FROM jobs WHERE id = ? OR grid_id = ?", (candidate, candidate)) as cursor:
                 if await cursor.fetchone() is None:
                     return candidate
         raise StoreError(f"Could not find an unused job id in {_ID_ATTEMPTS} tries.")
@@ -180,6 +212,10 @@ class JobStore:
         """The job, or None. Accepts what a user typed (case, spaces, a leading '#')."""
         jobs = await self._select("WHERE id = ?", (normalize_job_id(job_id),))
         return jobs[0] if jobs else None
+
+    async def grid(self, grid_id: str) -> list[Job]:
+        """The jobs of a grid in grid order; empty when there is no such grid. Accepts what a user typed."""
+        return await self._select("WHERE grid_id = ? ORDER BY grid_index", (normalize_job_id(grid_id),))
 
     async def require(self, job_id: str) -> Job:
         job = await self.get(job_id)
@@ -378,17 +414,22 @@ class JobStore:
 
     # -- progress and results --
 
-    async def _update(self, job_id: str, assignments: str, params: Sequence[Any]) -> Job:
+    async def _update(self, job_id: str, assignments: str, params: Sequence[Any], *, whole_grid: bool = False) -> Job:
+        """Change the job's row; with whole_grid, the rows of every job of its grid too (they share one message)."""
         job_id = normalize_job_id(job_id)
+        where, keys = "id = ?", (job_id,)
+        if whole_grid:
+            where, keys = "id = ? OR grid_id = (SELECT grid_id FROM jobs WHERE id = ? AND grid_id IS NOT NULL)", (job_id,) * 2
         async with self._database.transaction() as db:
-            cursor = await db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*params, job_id))
+            cursor = await db.execute(f"UPDATE jobs SET {assignments} WHERE {where}", (*params, *keys))
             if cursor.rowcount == 0:
                 raise JobNotFound(job_id)
             return await self._fetch(db, job_id)
 
     async def mark_final_shown(self, job_id: str) -> None:
-        """The job's message now shows how it ended (or never can: its channel refuses the bot)."""
-        await self._update(job_id, "final_shown = 1", ())
+        """The job's message now shows how it ended (or never can: its channel refuses the bot). A grid's one
+        message shows its ending once every job of it ended, so this marks the whole grid."""
+        await self._update(job_id, "final_shown = 1", (), whole_grid=True)
 
     async def unshown_finished(self, limit: int = 500) -> list[Job]:
         """Finished jobs whose message does not show the ending yet, oldest first."""
@@ -398,8 +439,9 @@ class JobStore:
         )
 
     async def set_progress_message(self, job_id: str, message_id: int | None) -> Job:
-        """The bot-owned channel message that shows this job (None when it was deleted)."""
-        return await self._update(job_id, "progress_message_id = ?", (message_id,))
+        """The bot-owned channel message that shows this job, and every job of its grid (None when it was
+        deleted)."""
+        return await self._update(job_id, "progress_message_id = ?", (message_id,), whole_grid=True)
 
     async def record_progress(self, job_id: str, step: int) -> Job:
         return await self._update(job_id, "progress_step = ?", (step,))

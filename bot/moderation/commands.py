@@ -196,6 +196,11 @@ class SettingsCommands(_ModeratorGroup):
         await self.service.update_settings(interaction.guild_id, _actor(interaction), "settings.spoiler", spoiler_by_default=enabled)  # type: ignore[arg-type]
         await self._done(interaction, f"Spoilers by default: {'on' if enabled else 'off'}.")
 
+    @app_commands.command(name="images", description="Let members steer by pictures: uploads, like: and /blend")
+    async def images(self, interaction: discord.Interaction, enabled: bool) -> None:
+        await self.service.update_settings(interaction.guild_id, _actor(interaction), "settings.images", image_prompts=enabled)  # type: ignore[arg-type]
+        await self._done(interaction, f"Image prompts: {'on' if enabled else 'off'}.")
+
     @app_commands.command(name="pause", description="Stop starting this server's jobs (they keep their places)")
     async def pause(self, interaction: discord.Interaction) -> None:
         if self.service.settings(interaction.guild_id).paused:  # type: ignore[arg-type]

@@ -246,17 +246,24 @@ def describe_duration(seconds: float) -> str:
     return f"{hours} h" if minutes == 0 else f"{hours} h {minutes} min"
 
 
-def refusal(status: QuotaStatus) -> str | None:
-    """Why this member may not queue one more job now (one sentence, with when it changes), or None."""
+def refusal(status: QuotaStatus, count: int = 1) -> str | None:
+    """Why this member may not queue `count` more jobs now (a grid's: each image counts; one sentence, with when
+    it changes), or None."""
     limits, now = status.effective.limits, status.now
     if not status.effective.exempt:
         for usage, what in ((status.hour, "in the last hour"), (status.day, "in the last 24 hours")):
             if usage is not None and usage.exhausted:
                 when = f"; the next one frees up in {describe_duration(usage.frees_at - now)}" if usage.frees_at else ""
                 return f"You've used all {int(usage.limit)} of your jobs {what} on this server{when}."
-        if limits.max_queued is not None and status.queued >= limits.max_queued:
+            if usage is not None and usage.remaining < count:
+                return (f"A grid of {count} counts as {count} jobs, and you have {_number(usage.remaining)} of "
+                        f"{int(usage.limit)} left {what} on this server; ask for fewer images.")
+        if limits.max_queued is not None and status.queued + count > limits.max_queued:
             if limits.max_queued == 0:
                 return "This server doesn't let you queue jobs right now."
+            if status.queued < limits.max_queued:
+                return (f"A grid of {count} needs {count} places in this server's queue; you have "
+                        f"{limits.max_queued - status.queued} left (the limit is {limits.max_queued}).")
             return (
                 f"You already have {status.queued} job(s) waiting on this server (the limit is {limits.max_queued}). "
                 "Wait for one to start or /cancel one."
@@ -266,6 +273,10 @@ def refusal(status: QuotaStatus) -> str | None:
             when = f"; more frees up in {describe_duration(usage.frees_at - now)}" if usage.frees_at else ""
             spent = f"{_number(usage.used)} of {_number(usage.limit)} {what} in the last 24 hours"
             return f"This server has used its whole budget ({spent}){when}."
+    jobs_budget = status.server_jobs
+    if jobs_budget is not None and jobs_budget.remaining < count:
+        return (f"A grid of {count} counts as {count} jobs, and this server's budget has {_number(jobs_budget.remaining)} "
+                "left for the last 24 hours; ask for fewer images.")
     return None
 
 

@@ -1,5 +1,5 @@
 """What the rest of the bot asks moderation: a server's rules for new jobs (it is the jobs feature's
-`AdmissionRules`: limits, banned words, blocks, channels, quotas), its running cap for the dispatcher
+`AdmissionRules`: limits, banned words, blocks, channels, quotas, whether image prompts are allowed), its running cap for the dispatcher
 (`may_start`), its spoiler setting, and every change a moderator makes, each written to the audit trail (it is
 the jobs feature's `ModeratorActions`, and what challenges ask: `ChallengeRules`).
 
@@ -121,6 +121,9 @@ class ModerationService:
     def spoiler_for(self, guild_id: int) -> bool:
         return self.settings(guild_id).spoiler_by_default
 
+    def image_prompts_allowed(self, guild_id: int) -> bool:
+        return self.settings(guild_id).image_prompts
+
     def limits_for(self, guild_id: int) -> ServerLimits:
         """The host's limits, narrowed by the server's own (a server can lower them, never raise them)."""
         base, own = self.base_limits, self.settings(guild_id)
@@ -133,6 +136,8 @@ class ModerationService:
             default_size=min(own.default_size or base.default_size, max_size),
             max_prompt_chars=base.max_prompt_chars,
             max_prompt_parts=base.max_prompt_parts,
+            center_bias=base.center_bias,
+            save_best=base.save_best,
         )
 
     def matcher_for(self, guild_id: int) -> BannedWords:
@@ -191,9 +196,10 @@ class ModerationService:
             return f"Images can't be made in this channel on this server; try {where}."
         return None
 
-    async def quota_refusal(self, requester: Requester) -> str | None:
-        """Why one more job would break the server's quotas, as a sentence for the member; None when it would not."""
-        return refusal(await self.quota_status(requester.guild_id, requester.user_id, requester.role_ids))
+    async def quota_refusal(self, requester: Requester, count: int = 1) -> str | None:
+        """Why `count` more jobs (a grid's) would break the server's quotas, as a sentence for the member; None when
+        they would not."""
+        return refusal(await self.quota_status(requester.guild_id, requester.user_id, requester.role_ids), count)
 
     async def allowance_note(self, requester: Requester) -> str | None:
         """After a job was queued: what is left of the member's tightest job window, as one sentence

@@ -37,6 +37,8 @@ class GuildSettings:
     quota_max_running: int | None = None
     budget_jobs_per_day: int | None = None
     budget_gpu_minutes_per_day: float | None = None
+    # Members may steer by pictures (uploads, like:, /blend).
+    image_prompts: bool = True
 
     @property
     def rules(self) -> MemberLimits:
@@ -53,7 +55,7 @@ class GuildSettings:
 
 
 _SETTING_COLUMNS = tuple(f.name for f in fields(GuildSettings))
-_BOOLEAN_COLUMNS = frozenset({"spoiler_by_default", "paused"})
+_BOOLEAN_COLUMNS = frozenset({"spoiler_by_default", "paused", "image_prompts"})
 
 
 @dataclass(frozen=True)

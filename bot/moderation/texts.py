@@ -36,6 +36,7 @@ def settings_embed(service: ModerationService, guild_id: int) -> discord.Embed:
     channels = service.allowed_channels(guild_id)
     embed.add_field(name="/imagine allowed in", value=fit_list([f"<#{c}>" for c in sorted(channels)]) or "every channel")
     embed.add_field(name="Spoiler by default", value=_show(settings.spoiler_by_default))
+    embed.add_field(name="Image prompts", value=_show(settings.image_prompts))
     embed.add_field(name="Steps", value=f"default {limits.default_steps}, at most {limits.max_steps}")
     embed.add_field(name="Size", value=f"default {limits.default_size} px, at most {limits.max_size} px")
     embed.add_field(name="Log channel", value=f"<#{settings.log_channel_id}>" if settings.log_channel_id else "none")

@@ -56,8 +56,10 @@ def test_the_bots_migrations_sit_with_their_features_in_order():
         (4, "challenges/migrations/V4__challenges.sql"),
         (5, "jobs/migrations/V5__spec_document.sql"),
         (6, "jobs/migrations/V6__gpu_time_and_what_ran.sql"),
+        (7, "moderation/migrations/V7__image_prompts_setting.sql"),
+        (8, "jobs/migrations/V8__grids.sql"),
     ]
-    assert latest_version() == 6
+    assert latest_version() == 8
     assert all(m.statements() for m in migrations)
 
 
@@ -269,7 +271,7 @@ async def test_a_v4_database_migrates_to_the_latest_version_with_every_row_intac
     assert {job["kind"] for job in v4_jobs.values()} == {"imagine", "reroll", "variation"}
 
     async with Database.open(v4_database) as database:
-        assert await database.schema_version() == latest_version() == 6
+        assert await database.schema_version() == latest_version() == 8
         store = JobStore(database)
         for job_id, v4 in v4_jobs.items():
             job = await store.require(job_id)
@@ -302,9 +304,12 @@ async def test_a_v4_database_migrates_to_the_latest_version_with_every_row_intac
         assert dispatch_order(v4_refs) == ["mmmm4567", "gggg8888", "hhhh9999", "kkkk3456", "jjjj2345"]
         assert [job.id for job in await store.list_running()] == ["ffff7777"]
 
-        # Moderation and challenges: the tables are untouched row for row, and their stores read them.
+        # Moderation and challenges: the tables are untouched row for row (V7 adds a server setting, on for every
+        # server), and their stores read them.
         async with database.reading() as db:
             for table, rows in v4_tables.items():
+                if table == "guild_settings":
+                    rows = [(*row, 1) for row in rows]  # image_prompts
                 async with db.execute(f"SELECT * FROM {table} ORDER BY 1, 2") as cursor:
                     assert await cursor.fetchall() == rows, table
         moderation = ModerationStore(database)

@@ -279,3 +279,23 @@ def test_the_command_runs_without_a_token_and_reports_it_with_the_machines_check
     assert any(line.startswith("FAIL  token") and "DISCORD_TOKEN is not set" in line for line in lines)
     assert any(line.startswith("FAIL  weights") and "clip/ViT-B-32.pt" in line for line in lines)
     assert lines[-1].startswith("2 problems to fix") and "Traceback" not in result.stderr
+
+
+# ---- the Ray cluster (worker.backend = "ray"); a reachable one is checked in tests/bot/jobs/test_ray_workers.py --
+
+
+def test_a_ray_cluster_nobody_answers_for_fails_naming_the_address(setup, monkeypatch):
+    from ray_cluster import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("BIGSLEEP_WORKER__BACKEND", "ray")
+    monkeypatch.setenv("BIGSLEEP_CLUSTER__ADDRESS", address)
+
+    (finding,) = by_topic(diagnose(setup, offline=True), "cluster")
+
+    assert finding.status == "FAIL" and f"the Ray cluster at {address} cannot be reached" in finding.detail
+    assert "ray start --head" in finding.fix
+
+
+def test_the_local_backend_checks_no_cluster(setup):
+    assert not [finding for finding in diagnose(setup, offline=True) if finding.topic == "cluster"]

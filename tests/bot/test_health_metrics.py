@@ -24,8 +24,11 @@ from test_entry_point import REPO_ROOT, bot_environment
 from bot import health
 from bot.jobs.simulated import SimulatedGenerationClient
 from bot.logs import CHATTY_LOGGERS, configure_logging
+from generator.wire import WorkerHealth
 
 HEALTH = {"enabled": True, "port": 0}
+# The labels of the simulated worker's samples (bot.metrics.WORKER_LABELS).
+SIMULATED = (("device", "simulated"), ("node", "simulated"), ("worker", "simulated"))
 
 
 async def get(bot, path: str) -> tuple[int, str]:
@@ -62,6 +65,8 @@ async def test_healthz_is_ok_when_discord_the_worker_and_the_database_are(fake_d
     assert body["status"] == "ok"
     assert body["discord"]["ok"] and body["discord"]["connected"]
     assert body["worker"]["ok"] and body["worker"]["alive"] and body["worker"]["restarts"] == 0
+    assert body["worker"]["backend"] == "local" and "problem" not in body["worker"]
+    assert [(worker["id"], worker["state"], worker["jobs"]) for worker in body["worker"]["workers"]] == [("simulated", "ready", [])]
     assert body["database"] == {"ok": True, "writable": True}
 
 
@@ -102,18 +107,22 @@ async def test_while_the_worker_takes_no_jobs_healthz_says_why_and_jobs_wait_for
 
     assert status == 503 and body["status"] == "unhealthy", body
     assert body["worker"] == {
-        "ok": False, "state": "restarting", "alive": False, "accepting_jobs": False, "restarts": 0,
-        "device": "simulated", "failure": "the generation process died: it was killed by SIGKILL",
+        "ok": False, "backend": "local", "state": "restarting", "alive": False, "accepting_jobs": False, "restarts": 0,
+        "workers": [{
+            "id": "simulated", "node": "simulated", "state": "restarting", "alive": False, "accepting_jobs": False,
+            "restarts": 0, "sizes": [], "jobs": [], "device": "simulated",
+            "failure": "the generation process died: it was killed by SIGKILL",
+        }],
     }
-    assert (await metrics(bot))[("bigsleep_worker_up", ())] == 0
+    assert (await metrics(bot))[("bigsleep_worker_up", SIMULATED)] == 0
     job = await bot.store.get(job_id)
     assert (job.state, job.attempts, simulated.requests) == ("queued", 0, [])
 
     simulated.bring_up()
     await wait_for_result(fake_discord, world.channel, job_id)
     status, body = await healthz(bot)
-    assert status == 200 and body["worker"]["restarts"] == 1 and "failure" not in body["worker"], body
-    assert (await metrics(bot))[("bigsleep_worker_restarts_total", ())] == 1
+    assert status == 200 and body["worker"]["restarts"] == 1 and "failure" not in body["worker"]["workers"][0], body
+    assert (await metrics(bot))[("bigsleep_worker_restarts_total", SIMULATED)] == 1
     assert (await bot.store.get(job_id)).attempts == 1
 
 
@@ -211,7 +220,7 @@ async def test_metrics_show_queue_length_per_server_then_job_times_and_steps(fak
     assert not any(name == "bigsleep_queue_length" and labels[0][1] == str(world.guilds[2].id) for name, labels in during)
     assert during[("bigsleep_jobs_running", ())] == 1
     assert during[("bigsleep_jobs_queued_total", ())] == 4
-    assert during[("bigsleep_worker_up", ())] == 1
+    assert during[("bigsleep_worker_up", SIMULATED)] == 1
 
     simulated.release()
     for job_id, channel in zip(job_ids, [world.channels[0], world.channels[0], world.channels[0], world.channels[1]]):
@@ -225,9 +234,9 @@ async def test_metrics_show_queue_length_per_server_then_job_times_and_steps(fak
     assert after[("bigsleep_job_run_seconds_sum", ())] > 0
     assert after[("bigsleep_jobs_finished_total", (("outcome", "done"),))] == 4
     steps = sum(job.steps for job in [await bot.store.get(job_id) for job_id in job_ids])
-    assert after[("bigsleep_steps_total", ())] == steps
+    assert after[("bigsleep_steps_total", SIMULATED)] == steps
     assert after[("bigsleep_steps_per_second", ())] == pytest.approx(steps / 60)
-    assert after[("bigsleep_worker_restarts_total", ())] == 0
+    assert after[("bigsleep_worker_restarts_total", SIMULATED)] == 0
 
 
 async def test_metrics_count_discord_api_errors_by_status_and_code(fake_discord: FakeDiscord, world, start_bot, simulated):
@@ -251,9 +260,9 @@ async def test_metrics_count_discord_api_errors_by_status_and_code(fake_discord:
 
 async def test_each_bot_has_its_own_registry(fake_discord, world, make_bot):
     first, second = make_bot(), make_bot()
-    first.metrics.steps_done(5)
-    assert b"bigsleep_steps_total 5.0" in first.metrics.render()
-    assert b"bigsleep_steps_total 0.0" in second.metrics.render()
+    first.metrics.steps_done(5, WorkerHealth("ready", True, worker_id="local-1", node="gpu-box", device="cuda:1"))
+    assert b'bigsleep_steps_total{device="cuda:1",node="gpu-box",worker="local-1"} 5.0' in first.metrics.render()
+    assert b"bigsleep_steps_total{" not in second.metrics.render()
 
 
 # ---- logs --------------------------------------------------------------------------------------------------
@@ -336,9 +345,11 @@ async def test_the_entry_point_serves_health_and_metrics_and_logs_json_without_t
             async with session.get(f"{base}/healthz") as response:
                 body = await response.json()
                 assert response.status == 200, body
-            assert body["worker"]["state"] == "ready" and body["worker"]["pid"] != process.pid
+            (worker,) = body["worker"]["workers"]
+            assert body["worker"]["state"] == "ready" and worker["pid"] != process.pid
+            assert (worker["id"], worker["node"], worker["device"]) == ("local", socket.gethostname(), "cpu")
             # The generation process never holds the token, not even in its environment.
-            worker_environment = Path(f"/proc/{body['worker']['pid']}/environ").read_bytes()
+            worker_environment = Path(f"/proc/{worker['pid']}/environ").read_bytes()
             assert fake_discord.token.encode() not in worker_environment and b"BIGSLEEP_" in worker_environment
             await fake_discord.wait_for(lambda: any(c["name"] == "imagine" for c in fake_discord.commands()), timeout=60)
             _, job_id = await imagine(fake_discord, world.channel, world.alice, "a bowl of cherries", steps=2)
@@ -349,8 +360,9 @@ async def test_the_entry_point_serves_health_and_metrics_and_logs_json_without_t
         samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                    for family in text_string_to_metric_families(text) for s in family.samples}
         assert samples[("bigsleep_jobs_finished_total", (("outcome", "done"),))] == 1
-        assert samples[("bigsleep_steps_total", ())] == 2
-        assert samples[("bigsleep_worker_up", ())] == 1
+        local = (("device", "cpu"), ("node", socket.gethostname()), ("worker", "local"))
+        assert samples[("bigsleep_steps_total", local)] == 2
+        assert samples[("bigsleep_worker_up", local)] == 1
     finally:
         code = await stop_gracefully(process)
         await reader

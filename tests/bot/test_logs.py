@@ -158,10 +158,10 @@ def test_text_format_puts_fields_as_key_value_pairs_and_redacts_too():
 
 @pytest.mark.parametrize("log_format, formatter", [("json", JsonLineFormatter), ("text", TextLineFormatter)])
 def test_the_generation_process_writes_its_lines_with_the_bots_own_redacting_formatter(log_format, formatter):
-    from bot.app import generation_client_for
+    from bot.app import generation_backend_for
     from bot.settings import BotSettings
 
-    client = generation_client_for(BotSettings(log_format=log_format, log_level="DEBUG"))
+    (client,) = generation_backend_for(BotSettings(log_format=log_format, log_level="DEBUG")).workers()
 
     module_name, _, name = client.config.log_formatter.partition(":")
     assert getattr(importlib.import_module(module_name), name) is formatter

@@ -32,7 +32,7 @@ async def test_worker_up_and_restarts_are_the_backends_own_health(store, tmp_pat
     assert sample(metrics, "bigsleep_worker_up") == 0
     backend.bring_up()  # one replacement worker: counted once
     assert (sample(metrics, "bigsleep_worker_up"), sample(metrics, "bigsleep_worker_restarts_total")) == (1, 1)
-    assert dispatcher.worker_health().restarts == 1
+    assert dispatcher.pool_health().restarts == 1
 
 
 def test_steps_per_second_is_the_last_window_only(clock):

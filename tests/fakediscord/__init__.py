@@ -60,8 +60,9 @@ Observing
 ---------
 - ``fake.messages_in(channel, include_ephemeral=False, include_deleted=False)``, ``fake.message(id)``:
   ``FakeMessage`` with ``content``, ``embeds``, ``components`` (``buttons()``, ``custom_ids()``,
-  ``find_component()``), ``attachments`` (``FakeAttachment.data`` holds the bytes, ``dimensions`` for PNGs;
-  its URL is served by the fake and expires after ``fake.attachment_url_lifetime`` on the fake clock),
+  ``find_component()``), ``attachments`` (``FakeAttachment.data`` holds the bytes, ``dimensions`` for pictures;
+  its URL is served by the fake's CDN route and expires after ``fake.attachment_url_lifetime`` on the fake
+  clock),
   ``allowed_mentions``, ``mentioned_user_ids``, ``mention_everyone``, ``ephemeral``, ``loading``,
   ``deleted``, ``versions`` (``MessageVersion`` per create/edit/delete with fake-clock ``at`` and ``source``),
   ``edit_count``, ``edit_times``.
@@ -79,6 +80,14 @@ Observing
 
 Failure injection and time
 --------------------------
+The CDN (``/attachments/...``, the URLs in attachment payloads): ``fake.cdn_fetches`` lists the attachment ids
+it was asked for; ``Upload(name, data, cdn=CdnBehaviour(...))`` serves one file another way: ``status=403`` (an
+expired or revoked link), ``content_length=N`` (a wrong Content-Length), ``chunked=True`` (none at all),
+``gzip=True`` (compressed: the announced length is far below what a client unpacks), ``body=...`` (other bytes
+than the attachment's: more than its payload's ``size`` said);
+``fake.expire_attachment_links(403)`` expires every link handed out so far; ``interaction.attachments`` are the
+``FakeAttachment`` objects of a command's ATTACHMENT options (set ``.cdn`` on one to change it later).
+
 ``fake.rate_limit_next(path_contains, retry_after=0.5, count=1, method=None, is_global=False)`` answers
 429 as Discord does; ``fake.clock.advance(seconds)`` (15 minutes expires interaction tokens: 50027);
 ``fake.interaction_deadline`` (3.0: set 0.2 to test the 3 s rule quickly); ``fake.attachment_size_limit``
@@ -122,6 +131,7 @@ from .errors import (
 from .gateway import GatewayRecord
 from .interactions import FakeInteraction, InteractionResponse, RejectedCallback
 from .models import (
+    CdnBehaviour,
     FakeAttachment,
     FakeChannel,
     FakeGuild,
@@ -137,6 +147,7 @@ from .rest import RateLimitRule, RequestRecord
 from .server import Checkpoint, FakeDiscord
 
 __all__ = [
+    'CdnBehaviour',
     'Checkpoint',
     'CommandNotFound',
     'CommandNotVisible',

@@ -6,7 +6,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from .errors import InteractionFailed
-from .models import MESSAGE_FLAG_EPHEMERAL, FakeChannel, FakeGuild, FakeMember, FakeMessage
+from .models import MESSAGE_FLAG_EPHEMERAL, FakeAttachment, FakeChannel, FakeGuild, FakeMember, FakeMessage
 
 if TYPE_CHECKING:
     from .server import FakeDiscord
@@ -156,6 +156,12 @@ class FakeInteraction:
     @property
     def data(self) -> Dict[str, Any]:
         return self.payload.get('data', {})
+
+    @property
+    def attachments(self) -> List[FakeAttachment]:
+        """The files given to the command's ATTACHMENT options, as the fake keeps (and its CDN serves) them."""
+        resolved = self.data.get('resolved', {}).get('attachments', {})
+        return [self._fake.attachments[int(attachment_id)] for attachment_id in resolved]
 
     @property
     def acknowledged(self) -> bool:

@@ -248,13 +248,50 @@ class FakeGuild:
         }
 
 
+@dataclasses.dataclass
+class CdnBehaviour:
+    """How the fake's CDN serves one attachment's URL. The default is Discord's: the bytes, with their true
+    ``Content-Length``."""
+
+    # Answer this status instead (403 or 404: a link that expired or was revoked), with Discord's text.
+    status: Optional[int] = None
+    # Announce this Content-Length instead of the true one. Larger: the body ends early (the connection closes);
+    # smaller: the body is cut at the announced length, as any HTTP server does.
+    content_length: Optional[int] = None
+    # Announce no length at all: the body comes in chunks (Transfer-Encoding: chunked), the whole of it.
+    chunked: bool = False
+    # Send the body gzip-compressed (Content-Encoding: gzip): its Content-Length is the compressed size, far
+    # below what a client that unpacks it (aiohttp does) ends up reading.
+    gzip: bool = False
+    # Serve these bytes instead of the attachment's (the payload's size and dimensions stay the attachment's):
+    # a file bigger than Discord said, to test a client that must not trust the size it was told.
+    body: Optional[bytes] = dataclasses.field(default=None, repr=False)
+
+
 @dataclasses.dataclass(frozen=True)
 class Upload:
-    """A file a simulated user attaches to an ATTACHMENT command option."""
+    """A file a simulated user attaches to an ATTACHMENT command option; ``cdn`` says how the CDN serves it."""
 
     filename: str
     data: bytes
     content_type: Optional[str] = None
+    cdn: Optional[CdnBehaviour] = None
+
+
+def image_dimensions(data: bytes) -> Optional[Tuple[int, int]]:
+    """Width and height of a picture, as Discord reports them for images: from the PNG header, or Pillow's."""
+    dimensions = png_dimensions(data)
+    if dimensions is not None:
+        return dimensions
+    try:
+        import io
+
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except Exception:  # not a picture Pillow knows: Discord sends no width and height either
+        return None
 
 
 def png_dimensions(data: bytes) -> Optional[Tuple[int, int]]:
@@ -273,6 +310,7 @@ class FakeAttachment:
     url: str
     content_type: Optional[str] = None
     description: Optional[str] = None
+    cdn: CdnBehaviour = dataclasses.field(default_factory=CdnBehaviour)
 
     def __post_init__(self) -> None:
         if self.content_type is None:
@@ -284,7 +322,7 @@ class FakeAttachment:
 
     @property
     def dimensions(self) -> Optional[Tuple[int, int]]:
-        return png_dimensions(self.data)
+        return image_dimensions(self.data)
 
     def to_payload(self) -> Dict[str, Any]:
         payload: Dict[str, Any] = {

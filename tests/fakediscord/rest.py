@@ -7,6 +7,7 @@ Discord's rules, so the same rules apply whether a message arrives by REST or by
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import logging
 import math
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 API_PREFIX = '/api/v10'
+_CDN_CHUNK = 64 * 1024
 JSON_CONTENT_TYPE = 'application/json'
 
 
@@ -464,10 +466,35 @@ class RestApi:
 
     # --- attachment CDN ------------------------------------------------------------------------------
 
-    async def get_attachment_bytes(self, request: web.Request) -> web.Response:
+    async def get_attachment_bytes(self, request: web.Request) -> web.StreamResponse:
+        """The CDN: an attachment's bytes, served as its ``cdn`` (models.CdnBehaviour) says."""
         attachment = self.fake._attachment_for_url(
             request.match_info['attachment_id'], request.match_info['filename'], request.query.get('ex')
         )
         if attachment is None:
             return web.Response(status=404, text='This content is no longer available.')
-        return web.Response(body=attachment.data, headers={'Content-Type': attachment.content_type or 'application/octet-stream'})
+        self.fake.cdn_fetches.append(attachment.id)
+        cdn = attachment.cdn
+        if cdn.status is not None:
+            return web.Response(status=cdn.status, text='This content is no longer available.')
+        headers = {'Content-Type': attachment.content_type or 'application/octet-stream'}
+        body = attachment.data if cdn.body is None else cdn.body
+        if cdn.gzip:
+            body = gzip.compress(body)
+            headers['Content-Encoding'] = 'gzip'
+        if not cdn.chunked and cdn.content_length is None:
+            return web.Response(body=body, headers=headers)
+        response = web.StreamResponse(headers=headers)
+        if cdn.chunked:
+            response.enable_chunked_encoding()
+        else:
+            response.content_length = cdn.content_length
+            response.force_close()  # a body shorter than announced ends with the connection
+        await response.prepare(request)
+        try:
+            for start in range(0, len(body), _CDN_CHUNK):
+                await response.write(body[start:start + _CDN_CHUNK])
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client stopped reading (a bot refusing a body that grew too big)
+        return response

@@ -142,6 +142,8 @@ class FakeDiscord:
         self.channels: Dict[int, FakeChannel] = {}
         self.messages: Dict[int, FakeMessage] = {}
         self.attachments: Dict[int, FakeAttachment] = {}
+        # The attachment ids the CDN route served (or refused), in order: who downloaded what.
+        self.cdn_fetches: List[int] = []
         self.interactions: Dict[int, FakeInteraction] = {}
         self._interactions_by_token: Dict[str, FakeInteraction] = {}
         self._message_order: List[FakeMessage] = []
@@ -842,6 +844,12 @@ class FakeDiscord:
             payload.pop(gateway_only, None)
         return payload
 
+    def expire_attachment_links(self, status: int = 403) -> None:
+        """Every attachment URL handed out so far answers ``status`` from now on (Discord's signed links expire;
+        ``attachment_url_lifetime`` on the fake clock does the same with 404)."""
+        for attachment in self.attachments.values():
+            attachment.cdn.status = status
+
     def _attachment_url(self, attachment: FakeAttachment, channel_id: int) -> str:
         expires = int(self.clock.time() + self.attachment_url_lifetime)
         return f'{self.base_url}/attachments/{channel_id}/{attachment.id}/{attachment.filename}?ex={expires:x}'
@@ -877,6 +885,8 @@ class FakeDiscord:
         attachment = FakeAttachment(id=self._snowflake(), filename=filename or upload.filename, data=upload.data, url='',
                                     content_type=None if isinstance(upload, IncomingFile) else upload.content_type,
                                     description=description)
+        if isinstance(upload, Upload) and upload.cdn is not None:
+            attachment.cdn = dataclasses.replace(upload.cdn)
         attachment.url = self._attachment_url(attachment, channel_id)
         self.attachments[attachment.id] = attachment
         return attachment

@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
-from generator.cli import build_parser
+from generator.cli import build_parser, spec_from_args
+from generator.protocol import SpecError
 
 
 def run_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -51,6 +53,40 @@ def test_bad_options_get_one_line_and_no_traceback(tmp_path):
         assert result.returncode == 2, (args, result.stderr)
         assert "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_tiny_dream_toward_a_picture_with_bigsleeps_options(tmp_path):
+    Image.new("RGB", (90, 60), (200, 40, 40)).save(tmp_path / "red.png")
+    result = run_cli("dream", "--image", "red.png", "--image-weight", "2", "--save-best", "--center-bias",
+                     "--clip-model", "ViT-B/16", "--max-classes", "3", "--class-temperature", "1.5", "--models", "tiny",
+                     "--size", "128", "--steps", "3", "--cutouts", "2", "--seed", "1", "--out", "red-dream.png", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "toward 1 picture(s)" in result.stderr
+    assert "The best-scored image came after step" in result.stdout
+    assert Image.open(tmp_path / "red-dream.png").size == (128, 128)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--image", "missing.png"], "cannot read it"),
+        (["--image", "a.png", "--image-weight", "1", "--image-weight", "2"], "once per --image"),
+        (["x", "--image-weight", "2"], "needs an --image"),
+        (["--image", "a.png", "--image-weight", "9"], "at most 5"),
+        ([], "prompt is empty"),
+    ],
+)
+def test_bad_image_options_are_refused_clearly(tmp_path, monkeypatch, args, message):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SpecError, match=message):
+        spec_from_args(build_parser().parse_args(["dream", *args]))
+
+
+def test_an_image_option_error_is_one_line(tmp_path):
+    result = run_cli("dream", "--image", "missing.png", "--models", "tiny", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "bigsleep dream: --image missing.png: cannot read it (No such file or directory)"
 
 
 def test_offline_without_weights_explains_what_to_download(tmp_path):

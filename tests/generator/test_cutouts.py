@@ -8,6 +8,7 @@ from collections import defaultdict
 import torch
 
 from benchmarks.reference_step import reference_crop_boxes, reference_losses
+from benchmarks.step import FP32_SLACK, float64_copies, relative_errors
 from generator import biggan as biggan_ops
 from generator import clip_model
 from generator.cutouts import sample_crop_boxes
@@ -46,7 +47,8 @@ def test_the_engine_draws_the_crops_the_reference_draws_from_the_same_seed():
 
 
 def test_one_engine_step_computes_the_reference_step_on_tiny_models():
-    """benchmarks/step.py's equivalence check, at toy width: same latents and seed, crops drawn each its own way."""
+    """benchmarks/step.py's equivalence check, at toy width: same latents and seed, crops drawn each its own way,
+    each step's loss and latent gradients held against the reference formulation computed in float64."""
     raw_biggan = biggan_ops.random_biggan(biggan_ops.config_for_size(128, channel_width=8))
     raw_clip = clip_model.random_clip("tiny")
     models = assemble(copy.deepcopy(raw_clip), {128: copy.deepcopy(raw_biggan)}, torch.device("cpu"), torch.float32, "tiny")
@@ -57,13 +59,18 @@ def test_one_engine_step_computes_the_reference_step_on_tiny_models():
     ours = engine.losses([job])[0]
     ours.backward()
 
-    z = job.latents.z.detach().clone().requires_grad_()
-    logits = job.latents.class_logits.detach().clone().requires_grad_()
-    theirs = sum(reference_losses(raw_biggan.eval(), raw_clip, z, logits, torch.Generator().manual_seed(11), spec.cutouts,
-                                  job.positive_embeddings, job.negative_embeddings))
-    theirs.backward()
-    # Both in fp32 on the same weights; only summation order differs (folded spectral norm, batched crops).
-    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(job.latents.z.grad, z.grad, rtol=1e-3, atol=1e-4)
-    torch.testing.assert_close(job.latents.class_logits.grad, logits.grad, rtol=1e-3, atol=1e-6)
+    def reference_step(biggan, clip, dtype):
+        z = job.latents.z.detach().to(dtype).requires_grad_()
+        logits = job.latents.class_logits.detach().to(dtype).requires_grad_()
+        loss = sum(reference_losses(biggan, clip, z, logits, torch.Generator().manual_seed(11), spec.cutouts,
+                                    job.positive_embeddings.to(dtype), job.negative_embeddings.to(dtype)))
+        loss.backward()
+        return loss.detach(), z.grad, logits.grad
 
+    exact = reference_step(*float64_copies(raw_biggan, raw_clip), torch.float64)
+    reference_errors = relative_errors(reference_step(raw_biggan.eval(), raw_clip, torch.float32), exact)
+    our_errors = relative_errors((ours.detach(), job.latents.z.grad, job.latents.class_logits.grad), exact)
+    # With random weights the latent gradients are ill-conditioned: the fp32 reference itself is 4e-3 from the
+    # exact z gradient here (ours 5e-5). Crops drawn differently would put ours far off (tens of percent).
+    for label, error in our_errors.items():
+        assert error <= FP32_SLACK * reference_errors[label] + 1e-6, (label, our_errors, reference_errors)

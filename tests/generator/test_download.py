@@ -28,8 +28,7 @@ def weights_environment(monkeypatch, tmp_path, server):
             monkeypatch.delenv(name)
     monkeypatch.setenv("BIGSLEEP_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("BIGSLEEP_WEIGHTS_MIRROR", server.url)
-    monkeypatch.setattr(weights, "_CLIP_SHA256", hashlib.sha256(FAKE_CLIP).hexdigest())
-    monkeypatch.setattr(weights, "_CLIP_SIZE", len(FAKE_CLIP))
+    monkeypatch.setitem(weights._CLIP_CHECKPOINTS, "ViT-B/32", (hashlib.sha256(FAKE_CLIP).hexdigest(), len(FAKE_CLIP)))
 
 
 def serve_everything(server, sizes=(128, 256, 512)) -> None:

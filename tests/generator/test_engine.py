@@ -55,7 +55,8 @@ def test_one_gather_matches_slicing_and_resizing_each_crop():
 
 
 def test_class_token_shortcut_matches_clips_own_image_encoder(tiny_models):
-    images = torch.rand(3, 3, 224, 224)
+    size = clip_model.input_resolution(tiny_models.clip)
+    images = torch.rand(3, 3, size, size)
     ours = clip_model.encode_images(tiny_models.clip, images)
     theirs = tiny_models.clip.encode_image(clip_model.normalize_pixels(images)).float()
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
@@ -69,7 +70,8 @@ def test_loss_goes_down_on_a_fixed_prompt(tiny_models):
 
 
 def similarity_to(models, outcome, prompt: str) -> float:
-    image = torch.from_numpy(np.asarray(outcome.image.resize((224, 224)), dtype=np.float32) / 255).permute(2, 0, 1)
+    size = clip_model.input_resolution(models.clip)
+    image = torch.from_numpy(np.asarray(outcome.image.resize((size, size)), dtype=np.float32) / 255).permute(2, 0, 1)
     embedding = clip_model.encode_images(models.clip, image[None])
     text = clip_model.encode_texts(models.clip, [prompt], models.device)
     return F.cosine_similarity(embedding, text).item()
@@ -100,8 +102,8 @@ def test_snapshots_come_every_n_steps_and_after_the_last(tiny_models):
 
 def test_no_snapshot_work_on_steps_without_one(tiny_models, monkeypatch):
     rendered = []
-    original = DreamEngine.render_average
-    monkeypatch.setattr(DreamEngine, "render_average", lambda self, job: rendered.append(job.step) or original(self, job))
+    original = DreamEngine._render_average
+    monkeypatch.setattr(DreamEngine, "_render_average", lambda self, job: rendered.append(job.step) or original(self, job))
     dream(tiny_models, SPEC.with_changes(steps=6, snapshot_every=4))
     assert rendered == [4, 6]
 

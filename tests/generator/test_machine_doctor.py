@@ -56,8 +56,8 @@ def test_missing_weights_where_nothing_may_be_downloaded_fail(setup, tmp_path, m
 
 
 def test_present_weights_are_verified_and_a_corrupted_one_is_named(setup, tmp_path, monkeypatch):
-    monkeypatch.setattr(weights, "_CLIP_SHA256", hashlib.sha256(FAKE_CLIP).hexdigest())
-    monkeypatch.setattr(weights, "_CLIP_SIZE", len(FAKE_CLIP))
+    monkeypatch.setitem(weights._CLIP_CHECKPOINTS, weights.DEFAULT_CLIP_MODEL,
+                        (hashlib.sha256(FAKE_CLIP).hexdigest(), len(FAKE_CLIP)))
     folder = tmp_path / "weights"
     monkeypatch.setenv("BIGSLEEP_WEIGHTS_DIR", str(folder))
     for key, body in (("clip/ViT-B-32.pt", FAKE_CLIP), ("biggan-deep-128/config.json", b"{}"),

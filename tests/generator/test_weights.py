@@ -60,6 +60,24 @@ def test_clip_checksum_is_the_urls_second_to_last_segment():
     assert clip.size == 353_976_522
 
 
+@pytest.mark.parametrize(
+    ("model", "key", "sha256"),
+    [
+        ("ViT-B/16", "clip/ViT-B-16.pt", "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f"),
+        ("ViT-L/14", "clip/ViT-L-14.pt", "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836"),
+    ],
+)
+def test_larger_clips_are_openais_files_checked_by_the_sha256_in_their_urls(model, key, sha256):
+    import clip  # its table of OpenAI's URLs, which ours must match
+
+    (file,) = clip_files(model=model)
+    assert file.key == key and file.sha256 == sha256 == file.url.split("/")[-2]
+    assert file.url == clip.clip._MODELS[model]
+    assert [f.key for f in files_for_sizes([128], clip_model=model) if f.key.startswith("clip/")] == [key]
+    with pytest.raises(ValueError, match="ViT-B/32, ViT-B/16, ViT-L/14"):
+        clip_files(model="RN50")
+
+
 def test_biggan_catalogue_lays_files_out_for_from_pretrained():
     config, model = biggan_files(256)
     assert config.key == "biggan-deep-256/config.json"

@@ -8,13 +8,22 @@ from pathlib import Path
 
 import pytest
 
-from bot.jobs.admission import Admission, Admitted, HostRules, Refusal, Requester, ServerLimits
+from bot.jobs.admission import (
+    IMAGE_PROMPTS_OFF,
+    PICTURE_GONE,
+    Admission,
+    Admitted,
+    HostRules,
+    Refusal,
+    Requester,
+    ServerLimits,
+)
 from bot.jobs.dispatcher import Dispatcher, DispatchSettings
 from bot.jobs.fair_queue import FairQueue, UserCaps
 from bot.jobs.files import ResultFiles
 from bot.jobs.simulated import SimulatedGenerationClient
 from bot.jobs.store import JobStore
-from generator.protocol import DreamSpec
+from generator.protocol import DreamSpec, ImagePrompt
 
 GUILD, CHANNEL, ALICE = 10, 100, 1
 ALICE_HERE = Requester(GUILD, CHANNEL, ALICE, "alice", role_ids=(7,))
@@ -24,8 +33,10 @@ class Rules:
     """AdmissionRules with each answer set by the test; it notes which questions were asked."""
 
     def __init__(self, limits: ServerLimits = ServerLimits(), *, banned: tuple[str, ...] = (),
-                 member: str | None = None, quota: str | None = None, allowance: str | None = None) -> None:
+                 member: str | None = None, quota: str | None = None, allowance: str | None = None,
+                 images: bool = True) -> None:
         self.limits, self.banned, self.member, self.quota, self.allowance = limits, banned, member, quota, allowance
+        self.images = images
         self.asked: list[str] = []
 
     def limits_for(self, guild_id: int) -> ServerLimits:
@@ -39,12 +50,16 @@ class Rules:
         self.asked.append("member")
         return self.member
 
-    async def quota_refusal(self, requester: Requester) -> str | None:
+    async def quota_refusal(self, requester: Requester, count: int = 1) -> str | None:
         self.asked.append("quota")
         return self.quota
 
     async def allowance_note(self, requester: Requester) -> str | None:
         return self.allowance
+
+    def image_prompts_allowed(self, guild_id: int) -> bool:
+        self.asked.append("images")
+        return self.images
 
 
 @pytest.fixture
@@ -145,7 +160,7 @@ async def test_a_bot_without_server_rules_applies_the_host_limits_only(dispatche
 
 async def test_two_submissions_in_one_server_cannot_both_take_the_last_allowance(dispatcher, store):
     class OneJobQuota(Rules):
-        async def quota_refusal(self, requester: Requester) -> str | None:
+        async def quota_refusal(self, requester: Requester, count: int = 1) -> str | None:
             # Counted from the store, as bot.moderation does: the awaits let another submission run in between.
             return "One job at a time." if await store.active_jobs(requester.user_id) else None
 
@@ -155,3 +170,52 @@ async def test_two_submissions_in_one_server_cannot_both_take_the_last_allowance
 
     assert sorted(type(outcome).__name__ for outcome in outcomes) == ["Admitted", "Refusal", "Refusal"]
     assert len(await store.recent_jobs(ALICE)) == 1
+
+
+# ---- image prompts ---------------------------------------------------------------------------------------------
+
+
+def with_picture(png: bytes, prompt: str = "a lake") -> DreamSpec:
+    return DreamSpec(prompt, image_prompts=(ImagePrompt(ResultFiles.prompt_image_key(png), 1.5),))
+
+
+async def test_a_server_that_turned_image_prompts_off_refuses_them_before_anything_is_written(dispatcher, store, tmp_path):
+    rules = Rules(images=False)
+    way_in = admission(dispatcher, rules)
+
+    refused = await way_in.submit(ALICE_HERE, with_picture(b"png"), pictures=[b"png"])
+
+    assert refused == Refusal(IMAGE_PROMPTS_OFF, "image_prompts")
+    assert not (tmp_path / "prompts").exists() and await store.recent_jobs(ALICE) == []
+    assert await way_in.image_prompt_refusal(ALICE_HERE) == refused  # asked before a download, too
+    assert isinstance(await way_in.submit(ALICE_HERE, DreamSpec("words only")), Admitted)
+
+
+async def test_pictures_are_kept_only_for_a_job_admitted_and_a_later_refusal_keeps_them(dispatcher, store, tmp_path):
+    files = dispatcher.files
+    key = files.prompt_image_key(b"first")
+    assert isinstance(await admission(dispatcher, Rules(quota="No more.")).submit(
+        ALICE_HERE, with_picture(b"first"), pictures=[b"first"]), Refusal)
+    assert not files.exists(key)  # refused by the quota: never written
+
+    way_in = admission(dispatcher, Rules())
+    admitted = await way_in.submit(ALICE_HERE, with_picture(b"first"), pictures=[b"first"])
+    assert isinstance(admitted, Admitted) and files.read(key) == b"first"
+    assert (await store.require(admitted.job.id)).spec.image_prompts == (ImagePrompt(key, 1.5),)
+
+    # The waiting cap (2) refuses after the rules passed: the picture it wrote goes, the one kept before stays.
+    assert isinstance(await way_in.submit(ALICE_HERE, DreamSpec("two")), Admitted)
+    full = await way_in.submit(ALICE_HERE, DreamSpec("three", image_prompts=(
+        ImagePrompt(key), ImagePrompt(files.prompt_image_key(b"second")))), pictures=[b"first", b"second"])
+    assert isinstance(full, Refusal) and "waiting" in full.sentence
+    assert files.exists(key) and not files.exists(files.prompt_image_key(b"second"))
+
+
+async def test_an_image_prompt_whose_picture_is_not_kept_is_refused(dispatcher, store):
+    way_in = admission(dispatcher, Rules())
+
+    refused = await way_in.submit(ALICE_HERE, with_picture(b"never written"))
+
+    assert refused == Refusal(PICTURE_GONE, "image_prompts") and await store.recent_jobs(ALICE) == []
+    outside = DreamSpec("x", image_prompts=(ImagePrompt("../../etc/passwd"),))
+    assert (await way_in.submit(ALICE_HERE, outside)).sentence == PICTURE_GONE

@@ -81,13 +81,13 @@ async def test_queue_position_and_eta_in_the_acknowledgement(fake_discord, world
 
 async def test_a_slow_database_still_gets_an_answer_within_three_seconds(fake_discord, world, start_bot):
     bot = await start_bot()
-    store_job = bot.store.create_job
+    store_jobs = bot.store.create_jobs
 
-    async def slow_create_job(**options):
+    async def slow_create_jobs(**options):
         await asyncio.sleep(2.5)
-        return await store_job(**options)
+        return await store_jobs(**options)
 
-    bot.store.create_job = slow_create_job
+    bot.store.create_jobs = slow_create_jobs
     interaction = await fake_discord.invoke_command(world.channel, world.alice, "imagine", prompt="a slow disk")
 
     response = await interaction.wait_response()

@@ -246,3 +246,44 @@ def test_misconfigured_limits_are_an_operator_error_not_a_user_one() -> None:
         with pytest.raises(ValueError) as error:
             ServerLimits(**bad)
         assert not isinstance(error.value, SpecError)
+
+
+# ---- image prompts -----------------------------------------------------------------------------------------
+
+
+def test_pictures_steer_with_a_weight_and_may_stand_in_for_the_prompt():
+    from bot.jobs.parsing import UNFETCHED, with_pictures
+    from generator.protocol import ImagePrompt
+
+    spec = parse_imagine("| ", images=2, image_weight="2,5", seed=1)
+
+    assert spec.prompt == "" and spec.image_prompts == (ImagePrompt(UNFETCHED, 2.5), ImagePrompt(UNFETCHED, 2.5))
+    named = with_pictures(spec, ["prompts/aa/a.png", "prompts/bb/b.png"])
+    assert [image.key for image in named.image_prompts] == ["prompts/aa/a.png", "prompts/bb/b.png"]
+    assert named.image_prompts[1].weight == 2.5 and named.seed == 1
+    assert parse_imagine("a fox", images=1).image_prompts[0].weight == 1.0
+    with pytest.raises(ValueError):
+        with_pictures(spec, ["prompts/aa/a.png"])
+
+
+@pytest.mark.parametrize("options, says", [
+    ({"images": 0, "image_weight": 2.0}, "give one with `image` or `like` too"),
+    ({"images": 1, "image_weight": 0.05}, "image_weight must be a number from 0.1 to 5"),
+    ({"images": 1, "image_weight": 5.5}, "image_weight must be a number from 0.1 to 5"),
+    ({"images": 1, "image_weight": "lots"}, "image_weight must be a number from 0.1 to 5"),
+    ({"images": 1, "image_weight": float("nan")}, "image_weight must be a number from 0.1 to 5"),
+    ({"images": 1, "image_weight": True}, "image_weight must be a number from 0.1 to 5"),
+    ({"images": 5}, "Give at most 4 pictures, not 5."),
+])
+def test_bad_picture_options_are_refused_with_a_sentence(options, says):
+    with pytest.raises(SpecError) as refused:
+        parse_imagine("a fox", **options)
+
+    assert says in str(refused.value)
+
+
+def test_the_hosts_choice_of_bigsleeps_options_goes_into_every_spec():
+    hosted = ServerLimits(center_bias=True, save_best=True)
+    spec = parse_imagine("a lighthouse", seed=1, limits=hosted)
+    assert (spec.center_bias, spec.save_best) == (True, True)
+    assert (parse_imagine("a lighthouse", seed=1).center_bias, parse_imagine("a lighthouse", seed=1).save_best) == (False, False)

@@ -17,7 +17,8 @@ import signal
 import aiohttp
 import pytest
 from e2e_helpers import imagine, png_size, result_png, wait_for_result
-from fakediscord import FakeDiscord
+from fakediscord import FakeDiscord, Upload
+from pictures import picture
 from prometheus_client.parser import text_string_to_metric_families
 from worker_faults import START_FAULTS_VARIABLE, start_faults
 
@@ -40,19 +41,17 @@ REAL_SETTINGS = {
 
 
 def real_client(**changes) -> GenerationClient:
-    return GenerationClient(
-        WorkerConfig(
-            models_kind="tiny",
-            sizes=(128,),
-            device="cpu",
-            clip_precision="fp32",
-            max_batch_size=2,
-            # A tiny step can take seconds on a busy shared machine.
-            heartbeat_interval_s=0.5,
-            heartbeat_timeout_s=30.0,
-            **changes,
-        )
+    defaults = dict(
+        models_kind="tiny",
+        sizes=(128,),
+        device="cpu",
+        clip_precision="fp32",
+        max_batch_size=2,
+        # A tiny step can take seconds on a busy shared machine.
+        heartbeat_interval_s=0.5,
+        heartbeat_timeout_s=30.0,
     )
+    return GenerationClient(WorkerConfig(**{**defaults, **changes}))
 
 
 class StartsWhenReleased:
@@ -132,6 +131,35 @@ async def test_three_servers_get_real_images_in_fair_order_within_discords_rules
     assert fake_discord.requests_matching(status=401) == []
 
 
+class RecordsRequests(StartsWhenReleased):
+    """The real client, ready at once, keeping every request it was given."""
+
+    def __init__(self, inner: GenerationClient) -> None:
+        super().__init__(inner)
+        self.gate.set()
+        self.requests: list[JobRequest] = []
+
+    def submit(self, request: JobRequest):
+        self.requests.append(request)
+        return self.inner.submit(request)
+
+
+async def test_an_uploaded_picture_reaches_the_real_worker_with_the_job(fake_discord: FakeDiscord, world, start_bot):
+    backend = RecordsRequests(real_client())
+    bot = await start_bot(backend, **REAL_SETTINGS)
+
+    _, job_id = await imagine(fake_discord, world.channel, world.alice, "a cat", steps=2,
+                              image=Upload("cat.jpg", picture(300, 200, format="JPEG")))
+    final = await wait_for_result(fake_discord, world.channel, job_id, timeout=RESULT_TIMEOUT)
+
+    [image] = (await bot.store.get(job_id)).spec.image_prompts
+    [request] = backend.requests
+    assert request.spec.image_prompts[0].png == bot.files.read(image.key)
+    assert png_size(request.spec.image_prompts[0].png) == (300, 200)
+    assert png_size(result_png(final, job_id)) == (128, 128)
+    assert f"{job_id}-prompts.png" in [attachment.filename for attachment in final.attachments]
+
+
 async def test_a_job_survives_a_restart_mid_run_and_its_buttons_work_after_it(fake_discord, world, bot_runner, make_bot):
     first_bot = await bot_runner.start(make_bot(real_client(), **REAL_SETTINGS))
     _, job_id = await imagine(fake_discord, world.channel, world.alice, "a phoenix rising", steps=6)
@@ -178,9 +206,10 @@ async def test_a_worker_that_fails_to_start_then_dies_mid_job_loses_no_job_and_c
     starts = start_faults(plan, ["exit", "raise"])
     monkeypatch.setenv(START_FAULTS_VARIABLE, str(plan))
     caplog.set_level(logging.ERROR, logger="bigsleep.client")
-    client = real_client(engine_factory="worker_faults:engine_after_start_faults", start_retry_pauses_s=(0.2,))
-    one_at_a_time = {**REAL_SETTINGS, "worker": {**REAL_SETTINGS["worker"], "max_batch_size": 1}}
-    bot = await start_bot(client, health={"enabled": True, "port": 0}, **one_at_a_time)
+    # One job at a time: the worker's own batch size decides how many jobs it is handed.
+    client = real_client(engine_factory="worker_faults:engine_after_start_faults", start_retry_pauses_s=(0.2,),
+                         max_batch_size=1)
+    bot = await start_bot(client, health={"enabled": True, "port": 0}, **REAL_SETTINGS)
 
     _, killed_id = await imagine(fake_discord, world.channel, world.alice, "a phoenix rising", steps=16)
     _, spared_id = await imagine(fake_discord, world.channel, world.bob, "a quiet pond")

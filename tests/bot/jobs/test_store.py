@@ -166,7 +166,7 @@ async def test_the_spec_is_stored_as_one_versioned_document(store: JobStore, dat
     assert json.loads(text) == {
         "version": 1, "prompt": "a red fox", "negative": "", "seed": 7, "steps": 400, "size": 256, "cutouts": 32,
         "learning_rate": 0.07, "ema_decay": 0.99, "max_classes": None, "init_noise": 0.0,
-        "image_prompts": [],
+        "image_prompts": [], "center_bias": False, "save_best": False, "class_temperature": 2.0,
     }
     assert job.spec == DreamSpec("a red fox", seed=7)
 
