@@ -46,7 +46,7 @@ from bot.moderation.store import ModerationStore
 from bot.settings import BotSettings
 from bot.sharding import IdentifyPacer
 from generator.tokens import count_tokens
-from generator.wire import WorkerConfig
+from generator.wire import AUTO_BATCH_SIZE, WorkerConfig
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def worker_config_for(settings: BotSettings) -> WorkerConfig:
         models_kind=settings.models,
         sizes=tuple(settings.worker.sizes),
         device=settings.device,
-        max_batch_size=settings.worker.max_batch_size,
+        max_batch_size=AUTO_BATCH_SIZE if settings.worker.max_batch_size == "auto" else settings.worker.max_batch_size,
         clip_precision=settings.worker.clip_precision,
         clip_model=settings.worker.clip_model,
         hang_timeout_s=settings.worker.hang_timeout_seconds,

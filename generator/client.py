@@ -250,7 +250,7 @@ class GenerationClient:
             models_kind=self.config.models_kind,
             device=ready.device if ready is not None else None,
             sizes=tuple(ready.sizes) if ready is not None else tuple(self.config.sizes),
-            max_batch_size=self.config.max_batch_size,
+            max_batch_size=ready.max_batch_size if ready is not None else self.config.max_batch_size,
             failure=self._failure,
             failed_starts=self._failed_starts,
             retry_at=self._retry_at,

@@ -91,7 +91,7 @@ class GenerationActor:
         self._loop.start()
 
     def _run(self) -> None:
-        from generator.worker import GenerationLoop, build_engine, ready_message
+        from generator.worker import GenerationLoop, batch_size_of, build_engine, ready_message
 
         try:
             engine = build_engine(self.config)
@@ -99,9 +99,10 @@ class GenerationActor:
             log.exception("could not load the models")
             self.outbox.send(WorkerStartFailed(f"{type(error).__name__}: {error}"))
             return
-        self.outbox.send(ready_message(engine, node_name()))
+        batch_size = batch_size_of(self.config, engine)
+        self.outbox.send(ready_message(engine, node_name(), batch_size))
         try:
-            GenerationLoop(engine, self.config.max_batch_size, self.inbox, self.outbox, self.config.batch_wait_s).run()
+            GenerationLoop(engine, batch_size, self.inbox, self.outbox, self.config.batch_wait_s).run()
         except BaseException:
             # A bug in the loop, not in a job: end the actor, so the bridge sees it die and its jobs run elsewhere.
             log.critical("the generation loop failed", exc_info=True)

@@ -123,7 +123,7 @@ class RayWorker:
             models_kind=config.models_kind,
             device=ready.device if ready is not None else None,
             sizes=tuple(ready.sizes) if ready is not None else tuple(config.sizes),
-            max_batch_size=config.max_batch_size,
+            max_batch_size=ready.max_batch_size if ready is not None else config.max_batch_size,
             failure=self._failure,
         )
 

@@ -20,7 +20,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -52,8 +52,9 @@ class WorkerSettings(BaseModel):
     # Keys of the bot's are passed over here; the bot's subclass refuses unknown ones.
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    # Jobs the worker may run together as one batch; the bot keeps this many in flight.
-    max_batch_size: int = Field(default=4, ge=1, le=64)
+    # Jobs the worker may run together as one batch; the bot keeps this many in flight. "auto": as many as the
+    # memory free when the worker starts holds (generator.batch_memory), between 1 and 8.
+    max_batch_size: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = 4
     # Image sizes the worker loads a BigGAN for; /imagine refuses other sizes.
     sizes: tuple[int, ...] = (128, 256, 512)
     # CLIP's precision: auto (fp16 on CUDA, bf16 on CPUs that do it natively, else fp32), fp32, bf16, fp16.

@@ -28,6 +28,10 @@ def _device_from_env() -> str:
     return os.environ.get("BIGSLEEP_DEVICE", "auto").strip() or "auto"
 
 
+# WorkerConfig.max_batch_size for "auto".
+AUTO_BATCH_SIZE = 0
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
     """How the generation process is set up and watched. Torch-free, picklable: it is sent to the worker."""
@@ -41,7 +45,8 @@ class WorkerConfig:
     clip_precision: str = "auto"
     # Which OpenAI CLIP judges the images (protocol.CLIP_MODELS).
     clip_model: str = DEFAULT_CLIP_MODEL
-    # Jobs of one size optimised together in one step; 1 runs one job at a time.
+    # Jobs of one size optimised together in one step; 1 runs one job at a time; AUTO_BATCH_SIZE: as many as
+    # the memory free at the start holds (the worker says what it chose in WorkerReady).
     max_batch_size: int = 4
     # An idle worker that gets a job waits this long for more before its first step, so that jobs submitted
     # together also start together (later ones join at a step boundary anyway).
@@ -83,8 +88,8 @@ class WorkerConfig:
             raise ValueError(f"clip_precision must be one of {', '.join(CLIP_PRECISIONS)}, not {self.clip_precision!r}")
         if self.clip_model not in CLIP_MODELS:
             raise ValueError(f"clip_model must be one of {', '.join(CLIP_MODELS)}, not {self.clip_model!r}")
-        if self.max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be at least 1, not {self.max_batch_size}")
+        if self.max_batch_size < 0:
+            raise ValueError(f"max_batch_size must be at least 1 (or AUTO_BATCH_SIZE), not {self.max_batch_size}")
         if self.heartbeat_timeout_s <= self.heartbeat_interval_s:
             raise ValueError("heartbeat_timeout_s must be longer than heartbeat_interval_s")
         if self.batch_wait_s < 0:
@@ -266,6 +271,8 @@ class WorkerReady:
     clip_dtype: str
     # The machine: its host name (a Ray actor: its node's address).
     node: str = ""
+    # Jobs it runs as one batch (what WorkerConfig.max_batch_size asked, or what "auto" chose).
+    max_batch_size: int = 0
 
 
 @dataclass(frozen=True)

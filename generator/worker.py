@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from generator import batch_memory
 from generator.cpu_share import yield_cpu_to_bot
 from generator.engine import DreamEngine, DreamJob, DreamOutcome, StepReport
 from generator.images import png_bytes
@@ -50,6 +51,7 @@ from generator.protocol import (
     SpecError,
 )
 from generator.wire import (
+    AUTO_BATCH_SIZE,
     CancelJob,
     ClientGone,
     EarlyCancels,
@@ -103,8 +105,9 @@ def serve(config: WorkerConfig, requests: Connection, events: Connection) -> Non
             exit_code = 1
             sender.send(WorkerStartFailed(f"{type(error).__name__}: {error}"))
             return
-        sender.send(ready_message(engine, socket.gethostname()))
-        GenerationLoop(engine, config.max_batch_size, requests, sender, config.batch_wait_s).run()
+        batch_size = batch_size_of(config, engine)
+        sender.send(ready_message(engine, socket.gethostname(), batch_size))
+        GenerationLoop(engine, batch_size, requests, sender, config.batch_wait_s).run()
     except ClientGone:
         log.warning("the client went away; exiting")
     except BaseException:
@@ -121,7 +124,7 @@ def serve(config: WorkerConfig, requests: Connection, events: Connection) -> Non
         os._exit(exit_code)
 
 
-def ready_message(engine: DreamEngine, node: str) -> WorkerReady:
+def ready_message(engine: DreamEngine, node: str, max_batch_size: int) -> WorkerReady:
     """What a worker says once its models are loaded (`node`: the machine it runs on)."""
     models = engine.models
     return WorkerReady(
@@ -131,7 +134,18 @@ def ready_message(engine: DreamEngine, node: str) -> WorkerReady:
         sizes=tuple(models.sizes),
         clip_dtype=str(models.clip_dtype).removeprefix("torch."),
         node=node,
+        max_batch_size=max_batch_size,
     )
+
+
+def batch_size_of(config: WorkerConfig, engine: DreamEngine) -> int:
+    """The configured batch size, or for AUTO_BATCH_SIZE what the memory free now (models loaded) holds."""
+    if config.max_batch_size != AUTO_BATCH_SIZE:
+        return config.max_batch_size
+    models = engine.models
+    chosen = batch_memory.batch_size_for(batch_memory.free_memory_bytes(models.device), models.sizes)
+    log.info("max_batch_size auto: %d jobs per batch on %s for sizes %s", chosen, models.device, list(models.sizes))
+    return chosen
 
 
 def build_engine(config: WorkerConfig) -> DreamEngine:

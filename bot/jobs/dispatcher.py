@@ -564,7 +564,7 @@ def settings_from(bot_settings: object) -> DispatchSettings:
     worker = bot_settings.worker  # type: ignore[attr-defined]
     queue = bot_settings.queue  # type: ignore[attr-defined]
     return DispatchSettings(
-        max_in_flight=worker.max_batch_size,
+        max_in_flight=DispatchSettings.max_in_flight if worker.max_batch_size == "auto" else worker.max_batch_size,
         caps=UserCaps(running=queue.max_running_per_user, queued=queue.max_queued_per_user),
         snapshots_per_job=worker.snapshots_per_job,
         timelapse=worker.timelapse,
