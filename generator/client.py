@@ -58,6 +58,7 @@ from generator.wire import (
     WorkerStartFailed,
     WorkerStateKeeper,
     WorkerStopped,
+    health_as_reported,
 )
 from generator.worker_process import WorkerProcess, describe_exit
 
@@ -235,22 +236,18 @@ class GenerationClient:
         """A snapshot of the worker's state; cheap, never waits."""
         worker = self._worker if self._worker is not None and not self._worker.gone else None
         ready = worker.ready if worker is not None else None
-        return WorkerHealth(
+        return health_as_reported(
+            self.config,
+            ready,
+            self._last_step,
+            self._last_step_at,
             state=self._state.state,
             accepting_jobs=self._state.accepting_jobs,
             worker_id=self.config.worker_id,
-            node=ready.node if ready is not None else "",
             alive=ready is not None,
             restarts=max(0, self._processes_started - 1),
             pid=worker.pid if worker is not None else None,
             in_flight_jobs=tuple(self._tickets),
-            last_step_at=self._last_step_at,
-            last_step_seconds=self._last_step.seconds if self._last_step else None,
-            last_step_batch_size=self._last_step.batch_size if self._last_step else None,
-            models_kind=self.config.models_kind,
-            device=ready.device if ready is not None else None,
-            sizes=tuple(ready.sizes) if ready is not None else tuple(self.config.sizes),
-            max_batch_size=ready.max_batch_size if ready is not None else self.config.max_batch_size,
             failure=self._failure,
             failed_starts=self._failed_starts,
             retry_at=self._retry_at,

@@ -45,6 +45,7 @@ from generator.wire import (
     WorkerStartFailed,
     WorkerStateKeeper,
     WorkerStopped,
+    health_as_reported,
 )
 from generator.worker_process import WorkerProcess, describe_exit
 
@@ -108,22 +109,17 @@ class RayWorker:
 
     def health(self) -> WorkerHealth:
         ready = self._ready
-        config = self._pool.config.worker
-        return WorkerHealth(
+        return health_as_reported(
+            self._pool.config.worker,
+            ready,
+            self._last_step,
+            self._last_step_at,
             state=self._state.state,
             accepting_jobs=self._state.accepting_jobs,
             worker_id=self.worker_id,
-            node=ready.node if ready is not None else "",
             alive=ready is not None and self._state.state == "ready",
             pid=ready.pid if ready is not None else None,
             in_flight_jobs=tuple(self._tickets),
-            last_step_at=self._last_step_at,
-            last_step_seconds=self._last_step.seconds if self._last_step else None,
-            last_step_batch_size=self._last_step.batch_size if self._last_step else None,
-            models_kind=config.models_kind,
-            device=ready.device if ready is not None else None,
-            sizes=tuple(ready.sizes) if ready is not None else tuple(config.sizes),
-            max_batch_size=ready.max_batch_size if ready is not None else config.max_batch_size,
             failure=self._failure,
         )
 

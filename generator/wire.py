@@ -294,6 +294,24 @@ class StepDone:
     seconds: float
 
 
+def health_as_reported(
+    config: WorkerConfig, ready: WorkerReady | None, last_step: StepDone | None, last_step_at: float | None, **own: Any
+) -> WorkerHealth:
+    """A worker's health from what it said (WorkerReady, its last StepDone) or, before it said it, from what its
+    configuration asks; `own` gives what the side that runs it knows (state, ids, pid, restarts, failure...)."""
+    return WorkerHealth(
+        node=ready.node if ready is not None else "",
+        device=ready.device if ready is not None else None,
+        sizes=tuple(ready.sizes) if ready is not None else tuple(config.sizes),
+        max_batch_size=ready.max_batch_size if ready is not None else config.max_batch_size,
+        models_kind=config.models_kind,
+        last_step_at=last_step_at,
+        last_step_seconds=last_step.seconds if last_step is not None else None,
+        last_step_batch_size=last_step.batch_size if last_step is not None else None,
+        **own,
+    )
+
+
 @dataclass(frozen=True)
 class WorkerStopped:
     pass
