@@ -49,7 +49,10 @@ def render(biggan: BigGAN, z: torch.Tensor, classes: torch.Tensor, library_layer
             block_row += 1
         else:
             features = layer(features) if library_layers else layers.self_attention(layer, features)
-    features = generator.relu(generator.bn(features, TRUNCATION))
+    if library_layers:
+        features = generator.relu(generator.bn(features, TRUNCATION))
+    else:
+        features = torch.addcmul(generator.output_norm_offset, features, generator.output_norm_multiplier).relu_()
     rgb = generator.conv_to_rgb(features)[:, :3]
     return (torch.tanh(rgb) + 1) / 2
 
@@ -62,7 +65,7 @@ def prepare_for_inference(biggan: BigGAN) -> BigGAN:
     - The last convolution computes `channel_width` channels at full resolution and the model keeps 3 of them;
       keep only those 3 filters (at 512 px that alone saves about 75 GFLOP per image).
     - Each block's batch norms at truncation 1 are affine in its condition: one matrix for all of them
-      (biggan_layers.fold_batch_norms).
+      (biggan_layers.fold_batch_norms), and the last batch norm is one multiply-add.
     """
     biggan.eval()
     for module in list(biggan.modules()):
@@ -77,6 +80,10 @@ def prepare_for_inference(biggan: BigGAN) -> BigGAN:
         for layer in generator.layers:
             if isinstance(layer, GenBlock):
                 layers.fold_batch_norms(layer, TRUNCATION)
+        multiplier, offset = layers.fold_output_norm(generator.bn, TRUNCATION)
+    # Not persistent: derived from the weights (and the truncation), never part of a checkpoint.
+    generator.register_buffer("output_norm_multiplier", multiplier, persistent=False)
+    generator.register_buffer("output_norm_offset", offset, persistent=False)
     return biggan
 
 
@@ -101,8 +108,13 @@ def _keep_output_channels(conv: torch.nn.Conv2d, channels: int) -> torch.nn.Conv
 # ---- random weights with sane statistics (tiny preset, tests and benchmarks) ----------------------------
 
 
-def config_for_size(size: int, channel_width: int = 128) -> BigGANConfig:
-    """The published BigGAN-deep layout for 128, 256 or 512 px; a small channel_width gives a toy model."""
+PUBLISHED_ATTENTION_RESOLUTION = 64
+
+
+def config_for_size(size: int, channel_width: int = 128, attention_resolution: int = PUBLISHED_ATTENTION_RESOLUTION) -> BigGANConfig:
+    """The published BigGAN-deep layout for 128, 256 or 512 px: 128 channels a width unit, self-attention over the
+    64 x 64 feature map. A small channel_width and a coarser attention_resolution give a toy model of the same
+    modules."""
     blocks = [(False, 16, 16), (True, 16, 16), (False, 16, 16), (True, 16, 8), (False, 8, 8)]
     if size >= 256:
         blocks += [(True, 8, 8), (False, 8, 8)]
@@ -118,10 +130,21 @@ def config_for_size(size: int, channel_width: int = 128) -> BigGANConfig:
         channel_width=channel_width,
         num_classes=NUM_CLASSES,
         layers=blocks,
-        attention_layer_position=8,
+        attention_layer_position=_first_block_at(blocks, attention_resolution),
         eps=1e-4,
         n_stats=51,
     )
+
+
+def _first_block_at(blocks: list[tuple[bool, int, int]], resolution: int) -> int:
+    """The index of the first block whose input is `resolution` pixels square (the map starts 4 x 4; each block
+    with up_sample doubles it)."""
+    side = 4
+    for index, (up_sample, _, _) in enumerate(blocks):
+        if side == resolution:
+            return index
+        side *= 2 if up_sample else 1
+    raise ValueError(f"no block of this BigGAN-deep takes a {resolution} x {resolution} map")
 
 
 def random_biggan(config: BigGANConfig, seed: int = 0) -> BigGAN:

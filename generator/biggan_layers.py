@@ -53,6 +53,15 @@ def fold_batch_norms(block: GenBlock, truncation: float) -> None:
     block.register_buffer("norm_bias", torch.cat(biases).to(dtype), persistent=False)
 
 
+def fold_output_norm(norm: BigGANBatchNorm, truncation: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The generator's last, unconditional batch norm as (multiplier, offset), each (C, 1, 1): x * a + b. torch's
+    batch norm backward also computes gradients for its affine parameters and costs more than the multiply-add."""
+    mean, var = (statistic.double() for statistic in batch_norm_statistics(norm, truncation))
+    multiplier = norm.weight.double() * torch.rsqrt(var + norm.eps)
+    offset = norm.bias.double() - mean * multiplier
+    return tuple(value.to(norm.weight.dtype)[:, None, None] for value in (multiplier, offset))
+
+
 def gen_block(block: GenBlock, features: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
     """GenBlock.forward for a block prepared by `fold_batch_norms`: a bottleneck of four convolutions, each after
     a conditional batch norm and a ReLU. features (batch, C, H, W), condition (batch, dim)."""

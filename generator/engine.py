@@ -144,7 +144,8 @@ class DreamEngine:
         return DreamJob(
             spec=spec,
             latents=latents,
-            optimizer=torch.optim.Adam(latents.parameters(), lr=spec.learning_rate),
+            # Fused: one kernel per latent tensor, not a dozen small operations each step (toy models feel them).
+            optimizer=torch.optim.Adam(latents.parameters(), lr=spec.learning_rate, fused=True),
             average=LatentAverage(latents, spec.ema_decay),
             crop_rng=rng,
             positive_embeddings=torch.cat([texts, pictures]),

@@ -46,6 +46,12 @@ def latent_loss(z: torch.Tensor) -> torch.Tensor:
 
 
 def class_loss(classes: torch.Tensor) -> torch.Tensor:
-    """Push each row toward one class: all activations but the largest should be near zero. (batch, rows, C) -> (batch,)."""
-    all_but_largest = torch.topk(classes, k=classes.shape[-1] - 1, dim=-1, largest=False).values
-    return (CLASS_SHARPNESS_WEIGHT * all_but_largest).square().mean(dim=(-2, -1))
+    """Push each row toward one class: all activations but the largest should be near zero. (batch, rows, C) -> (batch,).
+
+    Activations are non-negative, so "all but the largest" are the C - 1 smallest squares: the sum of all squares less
+    the largest. The same value and gradient as squaring the C - 1 smallest picked by a top-k (as the reference
+    does), without sorting 1,000 values per row; the largest's gradient cancels to exactly zero.
+    """
+    squares = (CLASS_SHARPNESS_WEIGHT * classes).square()
+    all_but_largest = squares.sum(dim=-1) - squares.amax(dim=-1)
+    return all_but_largest.mean(dim=-1) / (classes.shape[-1] - 1)
