@@ -10,6 +10,8 @@ Markers (anywhere in the prompt; K is a number of steps already done):
     [oom-above-cutouts=N]    a step runs out of memory while this job uses more than N cutouts
     [oom-above-cutouts=N@K]  the same, once the job has done K steps
     [hang@K]                 at step K the step never ends (the process sleeps, heartbeats go on)
+    [slow=MS]                every step takes at least MS milliseconds, as on a slow device (so that a test can
+                             act while the job runs, whatever the speed of the tiny models)
 
 Faults at start come from a plan file instead, named by $BIGSLEEP_TEST_START_FAULTS, for
 `engine_factory="worker_faults:engine_after_start_faults"`: each worker process takes the plan's first line
@@ -59,9 +61,13 @@ def start_faults(plan: Path, faults: Sequence[str]) -> Path:
 
 class FaultInjectingEngine(DreamEngine):
     def step(self, jobs: Sequence[DreamJob]) -> list[float]:
+        started = time.monotonic()
         for job in jobs:
             self._inject(job, len(jobs))
-        return super().step(jobs)
+        losses = super().step(jobs)
+        slowest = max((_number(job.spec.prompt, "slow", "=") or 0 for job in jobs), default=0)
+        time.sleep(max(0.0, slowest / 1000 - (time.monotonic() - started)))
+        return losses
 
     def _inject(self, job: DreamJob, batch_size: int) -> None:
         prompt = job.spec.prompt

@@ -161,8 +161,12 @@ async def test_an_uploaded_picture_reaches_the_real_worker_with_the_job(fake_dis
 
 
 async def test_a_job_survives_a_restart_mid_run_and_its_buttons_work_after_it(fake_discord, world, bot_runner, make_bot):
-    first_bot = await bot_runner.start(make_bot(real_client(), **REAL_SETTINGS))
-    _, job_id = await imagine(fake_discord, world.channel, world.alice, "a phoenix rising", steps=6)
+    def slow_device_client() -> GenerationClient:
+        return real_client(engine_factory="worker_faults:fault_injecting_engine")
+
+    first_bot = await bot_runner.start(make_bot(slow_device_client(), **REAL_SETTINGS))
+    # Each step takes 0.7 s, as on a slow device: the job is still running when the bot stops.
+    _, job_id = await imagine(fake_discord, world.channel, world.alice, "a phoenix rising [slow=700]", steps=6)
     progress = await fake_discord.wait_for_message(
         world.channel, lambda m: "phoenix" in m.content and re.search(r"step [1-5]/6", m.content), timeout=RESULT_TIMEOUT
     )
@@ -173,7 +177,7 @@ async def test_a_job_survives_a_restart_mid_run_and_its_buttons_work_after_it(fa
     # Handed back by a clean stop: not the job's fault, so it has used none of its attempts.
     assert (interrupted.state, interrupted.attempts) == ("queued", 0)
 
-    bot = await bot_runner.start(make_bot(real_client(), **REAL_SETTINGS))
+    bot = await bot_runner.start(make_bot(slow_device_client(), **REAL_SETTINGS))
     final = await wait_for_result(fake_discord, world.channel, job_id, timeout=RESULT_TIMEOUT)
     assert final.id == progress.id  # the same message, found again by the new process
     assert png_size(result_png(final, job_id)) == (128, 128)
