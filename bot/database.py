@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -194,7 +195,7 @@ class Database:
             # First, so that a second process opening the same file waits instead of failing.
             await connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             # WAL lets readers (backup scripts, a future web gallery) work while the bot writes.
-            await connection.execute("PRAGMA journal_mode = WAL")
+            await _switch_to_wal(connection)
             await connection.execute("PRAGMA synchronous = NORMAL")
             await connection.execute("PRAGMA foreign_keys = ON")
             await migrate(connection, migrations)
@@ -274,3 +275,18 @@ class _OpeningDatabase:
     ) -> None:
         if self._database is not None:
             await self._database.close()
+
+
+async def _switch_to_wal(connection: aiosqlite.Connection) -> None:
+    """PRAGMA journal_mode = WAL. Switching a new file's mode needs it alone, and SQLite answers "database is locked"
+    at once, without the busy timeout, while another opener holds it (seen with four openers on a loaded machine):
+    try again for as long as the busy timeout would have waited. Once a file is in WAL mode it stays so."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            await connection.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)

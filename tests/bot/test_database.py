@@ -334,3 +334,29 @@ async def test_a_v4_database_migrates_to_the_latest_version_with_every_row_intac
         [entry] = await challenges.entries(still_open.id)
         assert (entry.job_id, entry.votes) == ("ffff7777", 1)
         assert await challenges.has_voted(entry.id, 3001)
+
+
+class _SwitchingConnection:
+    """Answers PRAGMA journal_mode = WAL with the given errors first, as SQLite does while another opener switches."""
+
+    def __init__(self, *errors: str) -> None:
+        self.errors = list(errors)
+        self.tries = 0
+
+    async def execute(self, sql: str) -> None:
+        assert sql == "PRAGMA journal_mode = WAL"
+        self.tries += 1
+        if self.errors:
+            raise sqlite3.OperationalError(self.errors.pop(0))
+
+
+async def test_switching_to_wal_waits_out_another_opener_but_not_other_errors():
+    from bot.database import _switch_to_wal
+
+    busy = _SwitchingConnection("database is locked", "database is locked")
+    await _switch_to_wal(busy)
+    assert busy.tries == 3
+    broken = _SwitchingConnection("disk I/O error")
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        await _switch_to_wal(broken)
+    assert broken.tries == 1
