@@ -17,6 +17,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /opt/bigsleep-bot
 
+# A C++ compiler: worker.compile ("auto": on CUDA) builds the step's fused kernels with torch.compile at start,
+# and Triton compiles its launchers with it. Without one the step runs uncompiled (slower on a GPU) and the log
+# says so. The g++ metapackage's version is bookworm's, which security updates to gcc-12 leave as it is.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends g++=4:12.2.0-3 \
+    && rm -rf /var/lib/apt/lists/*
+
 # The pinned dependencies first, in a layer of their own: a change to the code then rebuilds only the small
 # layer below. They are read from pyproject.toml, so there is no second list to keep in step.
 COPY pyproject.toml ./

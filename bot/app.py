@@ -82,6 +82,7 @@ def worker_config_for(settings: BotSettings) -> WorkerConfig:
         max_batch_size=AUTO_BATCH_SIZE if settings.worker.max_batch_size == "auto" else settings.worker.max_batch_size,
         clip_precision=settings.worker.clip_precision,
         clip_model=settings.worker.clip_model,
+        compile=settings.worker.compile,
         hang_timeout_s=settings.worker.hang_timeout_seconds,
         startup_timeout_s=settings.worker.startup_timeout_seconds,
         log_level=settings.log_level,

@@ -183,6 +183,7 @@ def _worker_details(health: WorkerHealth) -> dict[str, Any]:
     }
     optional = {
         "max_batch_size": health.max_batch_size or None,
+        "compiled": health.compiled or None,
         "pid": health.pid,
         "device": health.device,
         "failure": health.failure,

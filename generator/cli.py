@@ -211,6 +211,7 @@ def run_dream(args: argparse.Namespace) -> int:
     # torch loads slowly; only after the options are known to be good.
     from tqdm import tqdm
 
+    from generator.compiled import step_networks
     from generator.engine import dream
     from generator.models import (
         RANDOM_WARNING,
@@ -230,6 +231,8 @@ def run_dream(args: argparse.Namespace) -> int:
     models = load_models(kind, [spec.size], device, clip_dtype_for(clip_precision, device), source,
                          clip_name=args.clip_model or settings.worker.clip_model)
 
+    # Compiled (worker.compile; on CUDA by default) at the first step, or loaded from the weights cache.
+    networks = step_networks(models, settings.worker.compile, source.cache_dir)
     snapshot_dir = out.with_name(out.stem + "-snapshots")
     steering = f"“{spec.prompt}”" if spec.prompt.strip() else f"toward {len(spec.image_prompts)} picture(s)"
     print(f"Dreaming {steering} at {spec.size} px, {spec.steps} steps, seed {spec.seed}, on {device}.", file=sys.stderr)
@@ -241,7 +244,7 @@ def run_dream(args: argparse.Namespace) -> int:
                 snapshot_dir.mkdir(parents=True, exist_ok=True)
                 report.snapshot.save(snapshot_dir / f"step-{report.step:05d}.png")
 
-        outcome = dream(models, spec, on_step=on_step, keep_snapshots=args.timelapse is not None)
+        outcome = dream(models, spec, on_step=on_step, keep_snapshots=args.timelapse is not None, networks=networks)
     out.parent.mkdir(parents=True, exist_ok=True)
     outcome.image.save(out)
     print(f"Saved {out} ({outcome.wall_seconds:.1f} s).")

@@ -22,6 +22,7 @@ from PIL import Image
 
 from generator import biggan as biggan_ops
 from generator import clip_model, clip_vision
+from generator.compiled import StepNetworks
 from generator.cutouts import cut_and_resize, sample_crop_boxes
 from generator.images import read_picture, timelapse_gif, to_pil
 from generator.latents import LatentAverage, Latents, class_vectors
@@ -121,8 +122,10 @@ ReportErrorCallback = Callable[[DreamJob, Exception], None]
 
 
 class DreamEngine:
-    def __init__(self, models: DreamModels):
+    def __init__(self, models: DreamModels, networks: StepNetworks | None = None):
         self.models = models
+        # How a step runs the two networks: eagerly, or compiled (generator.compiled).
+        self.networks = networks or StepNetworks(models)
 
     def start(self, spec: DreamSpec, keep_frames: bool = False) -> DreamJob:
         """Set up a job: validates the spec, encodes its prompts and pictures (once per job), draws its initial latents
@@ -162,7 +165,7 @@ class DreamEngine:
         models = self.models
         z = torch.stack([job.latents.z for job in jobs])
         classes = torch.stack([class_vectors(job.latents.class_logits, job.spec.max_classes, job.spec.class_temperature) for job in jobs])
-        images = biggan_ops.render(models.generator(size), z, classes)
+        images = self.networks.render(size, z, classes)
 
         # Normalised before cropping: the same per-pixel arithmetic, on far fewer pixels than the crops hold.
         normalized = clip_model.normalize_pixels(images)
@@ -173,7 +176,7 @@ class DreamEngine:
                 for image, job in zip(normalized, jobs)
             ]
         )
-        embeddings = clip_vision.encode(models.clip.visual, crops).split([job.cutouts for job in jobs])
+        embeddings = self.networks.encode(crops).split([job.cutouts for job in jobs])
         similarity = torch.stack(
             [
                 similarity_loss(job_embeddings, job.positive_embeddings, job.negative_embeddings, job.positive_weights)
@@ -186,8 +189,21 @@ class DreamEngine:
         """Advance every job by one optimisation step; returns each job's loss before the step."""
         for job in jobs:
             job.optimizer.zero_grad(set_to_none=True)
-        losses = self.losses(jobs)
-        losses.sum().backward()
+        # Crop positions drawn by an attempt that fails must be drawn again the same for the retry below.
+        crop_states = [job.crop_rng.get_state() for job in jobs] if self.networks.compiled else []
+        try:
+            losses = self._differentiate(jobs)
+        except Exception as error:
+            # A compiled graph that fails (a shape first seen now, a kernel that does not build) would fail every
+            # job given to it: run the networks eagerly from here on and take the step again. Out of memory is the
+            # worker's to handle (it shrinks the batch).
+            if not self.networks.compiled or isinstance(error, torch.OutOfMemoryError):
+                raise
+            self.networks.stop_compiling(error)
+            for job, crop_state in zip(jobs, crop_states):
+                job.optimizer.zero_grad(set_to_none=True)
+                job.crop_rng.set_state(crop_state)
+            losses = self._differentiate(jobs)
         values = losses.detach().cpu().tolist()
         for job, value in zip(jobs, values):
             job.optimizer.step()
@@ -195,6 +211,20 @@ class DreamEngine:
             job.step += 1
             job.last_loss = value
         return values
+
+    def _differentiate(self, jobs: Sequence[DreamJob]) -> torch.Tensor:
+        self.networks.begin_step()
+        losses = self.losses(jobs)
+        losses.sum().backward()
+        return losses
+
+    def warm_up(self, max_batch_size: int) -> float:
+        """Compile the step for every loaded size and batch bucket before the first job (seconds taken; 0 when the
+        networks run eagerly), by stepping throwaway jobs of the default settings once."""
+        def step_throwaway_jobs(size: int, images: int) -> None:
+            self.step([self.start(DreamSpec(prompt="a warm-up", size=size, seed=seed, steps=1)) for seed in range(images)])
+
+        return self.networks.warm_up(step_throwaway_jobs, self.models.sizes, max_batch_size)
 
     def advance(self, jobs: Sequence[DreamJob], on_step: StepCallback, on_error: ReportErrorCallback | None = None) -> None:
         """One step for `jobs`, then `report` it. An error of the step itself is raised (no job was reported)."""
@@ -291,10 +321,12 @@ def dream(
     on_step: Callable[[StepReport], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     keep_snapshots: bool = False,
+    networks: StepNetworks | None = None,
 ) -> DreamOutcome:
     """Run one job to the end. `should_stop` is asked before every step; if it says yes, DreamCancelled.
-    `keep_snapshots`: keep the snapshots in the outcome, for a timelapse."""
-    engine = DreamEngine(models)
+    `keep_snapshots`: keep the snapshots in the outcome, for a timelapse. `networks`: how the step runs them
+    (default: eagerly)."""
+    engine = DreamEngine(models, networks)
     job = engine.start(spec, keep_frames=keep_snapshots)
     outcome: DreamOutcome | None = None
 

@@ -21,6 +21,8 @@ PROMPT_SEPARATOR = "|"
 MODEL_KINDS = ("full", "tiny", "random")
 # CLIP's weight precision by name; "auto" lets the device decide (generator.models.clip_dtype_for).
 CLIP_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Whether the step runs torch.compile'd: "auto" on CUDA only (generator.compiled.should_compile).
+COMPILE_CHOICES = ("auto", "on", "off")
 # OpenAI CLIPs a host may judge with (worker.clip_model): ViT-B/32 is BigSleep's; the larger ones see finer detail
 # at several times the cost per step (README, "BigSleep's options here").
 CLIP_MODELS = ("ViT-B/32", "ViT-B/16", "ViT-L/14")

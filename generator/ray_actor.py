@@ -91,15 +91,14 @@ class GenerationActor:
         self._loop.start()
 
     def _run(self) -> None:
-        from generator.worker import GenerationLoop, batch_size_of, build_engine, ready_message
+        from generator.worker import GenerationLoop, ready_message, start_engine
 
         try:
-            engine = build_engine(self.config)
+            engine, batch_size = start_engine(self.config)
         except Exception as error:
             log.exception("could not load the models")
             self.outbox.send(WorkerStartFailed(f"{type(error).__name__}: {error}"))
             return
-        batch_size = batch_size_of(self.config, engine)
         self.outbox.send(ready_message(engine, node_name(), batch_size))
         try:
             GenerationLoop(engine, batch_size, self.inbox, self.outbox, self.config.batch_wait_s).run()

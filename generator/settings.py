@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-from generator.protocol import ALLOWED_SIZES, CLIP_MODELS, CLIP_PRECISIONS, MODEL_KINDS
+from generator.protocol import ALLOWED_SIZES, CLIP_MODELS, CLIP_PRECISIONS, COMPILE_CHOICES, MODEL_KINDS
 
 REPO_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 DEFAULT_CONFIG_NAME = "default.toml"
@@ -36,9 +36,11 @@ CONFIG_DIR_ENV = f"{ENV_PREFIX}CONFIG_DIR"
 ModelKind = Literal["full", "tiny", "random"]
 WorkerBackend = Literal["local", "ray"]
 ClipPrecision = Literal["auto", "fp32", "bf16", "fp16"]
+CompileChoice = Literal["auto", "on", "off"]
 ClipModel = Literal["ViT-B/32", "ViT-B/16", "ViT-L/14"]
 assert set(ModelKind.__args__) == set(MODEL_KINDS)  # type: ignore[attr-defined]
 assert set(ClipPrecision.__args__) == set(CLIP_PRECISIONS)  # type: ignore[attr-defined]
+assert CompileChoice.__args__ == COMPILE_CHOICES  # type: ignore[attr-defined]
 assert ClipModel.__args__ == CLIP_MODELS  # type: ignore[attr-defined]
 
 
@@ -59,6 +61,9 @@ class WorkerSettings(BaseModel):
     sizes: tuple[int, ...] = (128, 256, 512)
     # CLIP's precision: auto (fp16 on CUDA, bf16 on CPUs that do it natively, else fp32), fp32, bf16, fp16.
     clip_precision: ClipPrecision = "auto"
+    # torch.compile the step (fused kernels; CUDA graphs on a GPU), compiled at start and cached beside the weights:
+    # "auto" on CUDA only (on the CPUs measured it did not pay), "on", "off". Needs a C++ compiler (README).
+    compile: CompileChoice = "auto"
     # Which OpenAI CLIP judges the images: ViT-B/32 (BigSleep's), or the larger ViT-B/16, ViT-L/14 (slower; README).
     clip_model: ClipModel = "ViT-B/32"
     # Defaults of jobs' BigSleep options, recorded in each job's spec: crops gather around the centre; the result

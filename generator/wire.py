@@ -17,7 +17,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from generator.protocol import ALLOWED_SIZES, CLIP_MODELS, CLIP_PRECISIONS, DEFAULT_CLIP_MODEL, MODEL_KINDS, JobEvent, JobRequest
+from generator.protocol import (
+    ALLOWED_SIZES,
+    CLIP_MODELS,
+    CLIP_PRECISIONS,
+    COMPILE_CHOICES,
+    DEFAULT_CLIP_MODEL,
+    MODEL_KINDS,
+    JobEvent,
+    JobRequest,
+)
 
 
 def _models_kind_from_env() -> str:
@@ -48,6 +57,10 @@ class WorkerConfig:
     # Jobs of one size optimised together in one step; 1 runs one job at a time; AUTO_BATCH_SIZE: as many as
     # the memory free at the start holds (the worker says what it chose in WorkerReady).
     max_batch_size: int = 4
+    # torch.compile the step (generator.compiled.COMPILE_CHOICES): "auto" on CUDA only; "on"; "off".
+    compile: str = "auto"
+    # torch.compile's backend: "inductor" builds kernels; tests use "aot_eager" (traces the same, builds nothing).
+    compile_backend: str = "inductor"
     # An idle worker that gets a job waits this long for more before its first step, so that jobs submitted
     # together also start together (later ones join at a step boundary anyway).
     batch_wait_s: float = 0.05
@@ -88,6 +101,8 @@ class WorkerConfig:
             raise ValueError(f"clip_precision must be one of {', '.join(CLIP_PRECISIONS)}, not {self.clip_precision!r}")
         if self.clip_model not in CLIP_MODELS:
             raise ValueError(f"clip_model must be one of {', '.join(CLIP_MODELS)}, not {self.clip_model!r}")
+        if self.compile not in COMPILE_CHOICES:
+            raise ValueError(f"compile must be one of {', '.join(COMPILE_CHOICES)}, not {self.compile!r}")
         if self.max_batch_size < 0:
             raise ValueError(f"max_batch_size must be at least 1 (or AUTO_BATCH_SIZE), not {self.max_batch_size}")
         if self.heartbeat_timeout_s <= self.heartbeat_interval_s:
@@ -143,6 +158,8 @@ class WorkerHealth:
     # dispatcher then uses its own default).
     sizes: tuple[int, ...] = ()
     max_batch_size: int = 0
+    # Whether its step runs compiled (torch.compile; WorkerConfig.compile).
+    compiled: bool = False
     # Why the last worker died or failed to start, until a worker is ready again (for the operator).
     failure: str | None = None
     # Failed starts in a row, and (state "waiting to retry") the wall-clock time of the next try.
@@ -273,6 +290,8 @@ class WorkerReady:
     node: str = ""
     # Jobs it runs as one batch (what WorkerConfig.max_batch_size asked, or what "auto" chose).
     max_batch_size: int = 0
+    # Its step runs compiled (it asked, and a compiler was there and worked).
+    compiled: bool = False
 
 
 @dataclass(frozen=True)
@@ -305,6 +324,7 @@ def health_as_reported(
         sizes=tuple(ready.sizes) if ready is not None else tuple(config.sizes),
         max_batch_size=ready.max_batch_size if ready is not None else config.max_batch_size,
         models_kind=config.models_kind,
+        compiled=ready.compiled if ready is not None else False,
         last_step_at=last_step_at,
         last_step_seconds=last_step.seconds if last_step is not None else None,
         last_step_batch_size=last_step.batch_size if last_step is not None else None,

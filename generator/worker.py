@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from generator import batch_memory
+from generator.compiled import step_networks
 from generator.cpu_share import yield_cpu_to_bot
 from generator.engine import DreamEngine, DreamJob, DreamOutcome, StepReport
 from generator.images import png_bytes
@@ -50,6 +51,7 @@ from generator.protocol import (
     JobResult,
     SpecError,
 )
+from generator.weights import default_cache_dir
 from generator.wire import (
     AUTO_BATCH_SIZE,
     CancelJob,
@@ -99,13 +101,12 @@ def serve(config: WorkerConfig, requests: Connection, events: Connection) -> Non
     exit_code = 0
     try:
         try:
-            engine = build_engine(config)
+            engine, batch_size = start_engine(config)
         except Exception as error:
             log.exception("could not load the models")
             exit_code = 1
             sender.send(WorkerStartFailed(f"{type(error).__name__}: {error}"))
             return
-        batch_size = batch_size_of(config, engine)
         sender.send(ready_message(engine, socket.gethostname(), batch_size))
         GenerationLoop(engine, batch_size, requests, sender, config.batch_wait_s).run()
     except ClientGone:
@@ -135,6 +136,7 @@ def ready_message(engine: DreamEngine, node: str, max_batch_size: int) -> Worker
         clip_dtype=str(models.clip_dtype).removeprefix("torch."),
         node=node,
         max_batch_size=max_batch_size,
+        compiled=engine.networks.compiled,
     )
 
 
@@ -146,6 +148,15 @@ def batch_size_of(config: WorkerConfig, engine: DreamEngine) -> int:
     chosen = batch_memory.batch_size_for(batch_memory.free_memory_bytes(models.device), models.sizes)
     log.info("max_batch_size auto: %d jobs per batch on %s for sizes %s", chosen, models.device, list(models.sizes))
     return chosen
+
+
+def start_engine(config: WorkerConfig) -> tuple[DreamEngine, int]:
+    """The engine a worker serves with, and its batch size; its step compiled and warmed up when configured."""
+    engine = build_engine(config)
+    batch_size = batch_size_of(config, engine)
+    engine.networks = step_networks(engine.models, config.compile, default_cache_dir(), config.compile_backend)
+    engine.warm_up(batch_size)
+    return engine, batch_size
 
 
 def build_engine(config: WorkerConfig) -> DreamEngine:

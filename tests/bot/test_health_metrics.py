@@ -348,6 +348,7 @@ async def test_the_entry_point_serves_health_and_metrics_and_logs_json_without_t
             (worker,) = body["worker"]["workers"]
             assert body["worker"]["state"] == "ready" and worker["pid"] != process.pid
             assert (worker["id"], worker["node"], worker["device"]) == ("local", socket.gethostname(), "cpu")
+            assert "compiled" not in worker  # worker.compile "auto" compiles on CUDA only
             # The generation process never holds the token, not even in its environment.
             worker_environment = Path(f"/proc/{worker['pid']}/environ").read_bytes()
             assert fake_discord.token.encode() not in worker_environment and b"BIGSLEEP_" in worker_environment
@@ -407,3 +408,14 @@ async def test_a_taken_health_port_stops_the_start_with_one_line_saying_what_to_
     assert lines[-1].startswith(f"bigsleep-bot: cannot serve /healthz on 127.0.0.1:{port}"), lines
     # The port is bound before the generation process starts: nothing else is started, nor killed.
     assert lines == [lines[-1]] and "BIGSLEEP_HEALTH__PORT" in lines[-1] and "Traceback" not in stderr.decode()
+
+
+def test_a_worker_whose_step_is_compiled_says_so_in_healthz():
+    from bot.health import _worker_details
+    from generator.wire import WorkerConfig, WorkerReady, health_as_reported
+
+    ready = WorkerReady(pid=1, models_kind="full", device="cuda:0", sizes=(256,), clip_dtype="float16", compiled=True)
+    health = health_as_reported(WorkerConfig(models_kind="full"), ready, None, None, state="ready", alive=True, accepting_jobs=True)
+    assert _worker_details(health)["compiled"] is True
+    assert "compiled" not in _worker_details(health_as_reported(WorkerConfig(models_kind="full"), None, None, None,
+                                                                state="starting", alive=True, accepting_jobs=False))
