@@ -215,7 +215,8 @@ async def test_a_worker_that_fails_to_start_then_dies_mid_job_loses_no_job_and_c
                          max_batch_size=1)
     bot = await start_bot(client, health={"enabled": True, "port": 0}, **REAL_SETTINGS)
 
-    _, killed_id = await imagine(fake_discord, world.channel, world.alice, "a phoenix rising", steps=16)
+    # 0.15 s a step, as on a slow device: still running when the process is killed after step 12 at the latest.
+    _, killed_id = await imagine(fake_discord, world.channel, world.alice, "a phoenix rising [slow=150]", steps=16)
     _, spared_id = await imagine(fake_discord, world.channel, world.bob, "a quiet pond")
     await fake_discord.wait_for_message(
         world.channel, lambda m: "phoenix" in m.content and re.search(r"step ([1-9]|1[0-2])/16", m.content),
