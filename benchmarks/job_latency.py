@@ -25,7 +25,7 @@ import psutil
 
 from benchmarks.throughput import run_jobs
 from generator.client import GenerationClient
-from generator.protocol import QUALITY_PRESETS, DreamSpec
+from generator.protocol import COMPILE_CHOICES, QUALITY_PRESETS, DreamSpec
 from generator.wire import WorkerConfig
 
 SNAPSHOTS_PER_JOB = 10  # the bot's default ([jobs] snapshots_per_job)
@@ -44,7 +44,7 @@ def default_job(index: int, args: argparse.Namespace) -> DreamSpec:
 
 
 async def measure(args: argparse.Namespace) -> None:
-    config = WorkerConfig(models_kind=args.models, sizes=(args.size,), device=args.device, log_level="WARNING")
+    config = WorkerConfig(models_kind=args.models, sizes=(args.size,), device=args.device, compile=args.compile, log_level="WARNING")
     client = GenerationClient(config)
     started = time.perf_counter()
     try:
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", type=int, default=256, choices=(128, 256, 512))
     parser.add_argument("--preset", default="normal", choices=sorted(QUALITY_PRESETS))
+    parser.add_argument("--compile", default="auto", choices=COMPILE_CHOICES, help="worker.compile (auto: on CUDA only)")
     parser.add_argument("--together", type=int, default=3, help="jobs submitted at once in the second measurement")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each measurement; the fastest counts")
     args = parser.parse_args(argv)

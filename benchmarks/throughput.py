@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from generator.client import GenerationClient
-from generator.protocol import DreamSpec, JobProgress, JobRequest, JobResult
+from generator.protocol import COMPILE_CHOICES, DreamSpec, JobProgress, JobRequest, JobResult
 from generator.wire import WorkerConfig
 
 GPU_TARGET_RATIO = 2.5  # batch 4 against batch 1, images per hour
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clip-precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     parser.add_argument("--models", default="random", choices=("random", "tiny"), help="tiny: only to check the script")
     parser.add_argument("--no-warmup", action="store_true", help="skip the one-step warm-up batch")
+    parser.add_argument("--compile", default="auto", choices=COMPILE_CHOICES, help="worker.compile (auto: on CUDA only)")
     parser.add_argument("--hang-timeout", type=float, default=3600.0, help="seconds; a CPU step of batch 8 is slow")
     parser.add_argument("--json", type=Path, default=None, help="also write the measurements here")
     return parser
@@ -107,6 +108,7 @@ async def measure(batch_size: int, args: argparse.Namespace) -> Measurement:
         device=args.device,
         clip_precision=args.clip_precision,
         max_batch_size=batch_size,
+        compile=args.compile,
         hang_timeout_s=args.hang_timeout,
         log_level="WARNING",
     )
