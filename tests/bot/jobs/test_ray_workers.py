@@ -146,9 +146,10 @@ async def test_jobs_spread_over_two_actors_in_fair_order_and_a_256_px_job_waits(
     pool = ray_pool(joined)
     dispatcher = dispatcher_for(store, pool, tmp_path, sink)
     dispatcher.start()
-    # Server 1 queues three jobs before servers 2 and 3 queue one each; no actor is ready yet.
-    jobs = [await queue_job(dispatcher, 1, 11, f"one-{n}") for n in range(3)]
-    jobs += [await queue_job(dispatcher, 2, 21, "two"), await queue_job(dispatcher, 3, 31, "three")]
+    # Server 1 queues three jobs before servers 2 and 3 queue one each; no actor is ready yet. 40 steps each: the
+    # actor ready first is still busy when the second gets ready (the two start within a second of each other).
+    jobs = [await queue_job(dispatcher, 1, 11, f"one-{n}", steps=40) for n in range(3)]
+    jobs += [await queue_job(dispatcher, 2, 21, "two", steps=40), await queue_job(dispatcher, 3, 31, "three", steps=40)]
     large = await queue_job(dispatcher, 3, 32, "too large for these workers", size=256)
     try:
         await asyncio.wait_for(sink.until(len(jobs)), RESULT_TIMEOUT)
