@@ -106,7 +106,8 @@ async def healthz(bot) -> tuple[int, dict]:
 async def test_with_the_cluster_gone_at_start_the_bot_says_why_queues_and_drains_once_it_is_back(
     fake_discord, world, start_bot, joined
 ):
-    bot = await start_bot(ray_pool(joined), health={"enabled": True, "port": 0}, worker={"sizes": (128,)})
+    pool = ray_pool(joined)
+    bot = await start_bot(pool, health={"enabled": True, "port": 0}, worker={"sizes": (128,)})
 
     # The bridge process needs a moment to find nobody there; a monitor polls /healthz the same way.
     status, body = await healthz(bot)
@@ -128,12 +129,10 @@ async def test_with_the_cluster_gone_at_start_the_bot_says_why_queues_and_drains
     for (channel, _), job_id in zip(members, job_ids):
         await wait_for_result(fake_discord, channel, job_id, timeout=RESULT_TIMEOUT)
 
+    # Tiny jobs can all finish on the first actor ready; the second reports its device once it is ready too.
+    await asyncio.wait_for(until_workers_ready(pool, 2), RESULT_TIMEOUT)
     status, body = await healthz(bot)
     assert status == 200 and "problem" not in body["worker"], body
-    # Tiny jobs can all finish on the first actor ready; the second reports its device once it is ready too.
-    while len(body["worker"]["workers"]) < 2 or any(worker["state"] != "ready" for worker in body["worker"]["workers"]):
-        await asyncio.sleep(0.1)
-        status, body = await healthz(bot)
     workers = body["worker"]["workers"]
     assert len(workers) == 2 and all(worker["device"] == "cpu" and worker["node"] for worker in workers), workers
     assert {worker["id"] for worker in workers} == {"ray-1", "ray-2"}
