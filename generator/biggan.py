@@ -66,6 +66,8 @@ def prepare_for_inference(biggan: BigGAN) -> BigGAN:
       keep only those 3 filters (at 512 px that alone saves about 75 GFLOP per image).
     - Each block's batch norms at truncation 1 are affine in its condition: one matrix for all of them
       (biggan_layers.fold_batch_norms), and the last batch norm is one multiply-add.
+    - An up-sampling block's nearest up-sampling and 3 x 3 convolution are one transposed convolution
+      (biggan_layers.fold_upsampling).
     """
     biggan.eval()
     for module in list(biggan.modules()):
@@ -80,6 +82,8 @@ def prepare_for_inference(biggan: BigGAN) -> BigGAN:
         for layer in generator.layers:
             if isinstance(layer, GenBlock):
                 layers.fold_batch_norms(layer, TRUNCATION)
+                if layer.up_sample:
+                    layers.fold_upsampling(layer)
         multiplier, offset = layers.fold_output_norm(generator.bn, TRUNCATION)
     # Not persistent: derived from the weights (and the truncation), never part of a checkpoint.
     generator.register_buffer("output_norm_multiplier", multiplier, persistent=False)

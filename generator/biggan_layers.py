@@ -7,6 +7,11 @@ The same arithmetic as the library's forward methods, up to the order of float o
   frozen weights and a fixed truncation one matrix product gives a block all eight of them (`fold_batch_norms`,
   once per block when the model is prepared): the library computes them with eight products and a dozen small
   operations per block, forward and backward, whose fixed costs dominate at toy width.
+- An up-sampling block doubles its map with nearest neighbours and then convolves it 3 x 3. Each output pixel of
+  that pair sees only a 2 x 2 neighbourhood of the small map, with sums of the 3 x 3 weights, so one transposed
+  convolution (stride 2, 4 x 4 kernel, `fold_upsampling`) computes it from the small map: 16 products per small
+  pixel instead of 36, and no 4x larger copy to build and differentiate (measured on 2 AVX2 cores, forward and
+  backward: 128 channels at 64 x 64, 124 to 66 ms; 2 channels at 128 x 128, 4.0 to 1.8 ms).
 - Self-attention multiplies its (64 x 64) x (32 x 32) weights per image by the values in the order that leaves
   every product contiguous; the library's order makes autograd copy the transposed weights before the softmax's
   backward (measured: 46 ms to 27 ms forward and backward at toy width on 2 AVX2 cores, 147 to 132 ms at real
@@ -62,17 +67,35 @@ def fold_output_norm(norm: BigGANBatchNorm, truncation: float) -> tuple[torch.Te
     return tuple(value.to(norm.weight.dtype)[:, None, None] for value in (multiplier, offset))
 
 
+# Which of the 3 x 3 kernel's rows (and columns) feed each row of the 4 x 4 transposed kernel. Output row 2i reads
+# small-map rows i - 1 (kernel row 0) and i (rows 1 and 2); output row 2i + 1 reads i (rows 0 and 1) and i + 1
+# (row 2). A stride-2 transposed convolution with padding 1 gives output row 2i + k - 1 the weights of its
+# kernel row k for input row i, hence this order.
+_UPSAMPLED_ROWS = ((0, 0, 1), (0, 1, 1), (1, 1, 0), (1, 0, 0))
+
+
+def fold_upsampling(block: GenBlock) -> None:
+    """Give a frozen up-sampling block `upsampling_kernel`: conv_1 after a 2x nearest up-sampling, as the kernel of
+    one transposed convolution (in, out, 4, 4). Computed in float64, stored in the block's dtype."""
+    weight = block.conv_1.weight
+    rows = torch.tensor(_UPSAMPLED_ROWS, dtype=torch.float64, device=weight.device)
+    kernel = torch.einsum("ka,oiab,lb->iokl", rows, weight.double(), rows)
+    block.register_buffer("upsampling_kernel", kernel.to(weight.dtype).contiguous(), persistent=False)
+
+
 def gen_block(block: GenBlock, features: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-    """GenBlock.forward for a block prepared by `fold_batch_norms`: a bottleneck of four convolutions, each after
-    a conditional batch norm and a ReLU. features (batch, C, H, W), condition (batch, dim)."""
+    """GenBlock.forward for a block prepared by `fold_batch_norms` (and `fold_upsampling` if it up-samples): a
+    bottleneck of four convolutions, each after a conditional batch norm and a ReLU. features (batch, C, H, W),
+    condition (batch, dim)."""
     coefficients = torch.addmm(block.norm_bias, condition, block.norm_weight.t())[:, :, None, None]
     sizes = [norm.num_features for norm in (block.bn_0, block.bn_1, block.bn_2, block.bn_3) for _ in "ab"]
     a0, b0, a1, b1, a2, b2, a3, b3 = coefficients.split(sizes, dim=1)
     hidden = block.conv_0(torch.addcmul(b0, features, a0).relu_())
     hidden = torch.addcmul(b1, hidden, a1).relu_()
     if block.up_sample:
-        hidden = F.interpolate(hidden, scale_factor=2, mode="nearest")
-    hidden = block.conv_1(hidden)
+        hidden = F.conv_transpose2d(hidden, block.upsampling_kernel, block.conv_1.bias, stride=2, padding=1)
+    else:
+        hidden = block.conv_1(hidden)
     hidden = block.conv_2(torch.addcmul(b2, hidden, a2).relu_())
     hidden = block.conv_3(torch.addcmul(b3, hidden, a3).relu_())
     if block.drop_channels:

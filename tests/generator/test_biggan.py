@@ -5,9 +5,11 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 
 from benchmarks.reference_step import reference_render
 from generator import biggan as biggan_ops
+from generator import biggan_layers
 
 
 def test_prepared_generator_renders_what_the_library_model_renders():
@@ -36,3 +38,21 @@ def test_random_generator_renders_finite_varied_images_at_every_size():
         assert torch.isfinite(images).all()
         # neither saturated to one colour nor flat: a usable test picture
         assert 0.05 < images.std().item() and 0.1 < images.mean().item() < 0.9
+
+
+def test_an_upsampling_block_convolves_the_small_map_as_it_would_the_upsampled_one():
+    """biggan_layers.fold_upsampling: one transposed convolution gives conv_1 of the 2x nearest-upsampled map, and the
+    same gradient for the small map, edges included (float64, so only the order of sums differs)."""
+    model = biggan_ops.prepare_for_inference(biggan_ops.random_biggan(biggan_ops.config_for_size(128, channel_width=8))).double()
+    block = next(layer for layer in model.generator.layers if getattr(layer, "up_sample", False))
+    biggan_layers.fold_upsampling(block)  # again, from the float64 weights
+    small_map = torch.randn(2, block.conv_1.in_channels, 5, 7, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(2, block.conv_1.out_channels, 10, 14, dtype=torch.float64)
+
+    expected = block.conv_1(F.interpolate(small_map, scale_factor=2, mode="nearest"))
+    (expected_grad,) = torch.autograd.grad(expected, small_map, upstream)
+    ours = F.conv_transpose2d(small_map, block.upsampling_kernel, block.conv_1.bias, stride=2, padding=1)
+    (our_grad,) = torch.autograd.grad(ours, small_map, upstream)
+
+    torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(our_grad, expected_grad, rtol=1e-12, atol=1e-12)
