@@ -115,16 +115,27 @@ def _keep_output_channels(conv: torch.nn.Conv2d, channels: int) -> torch.nn.Conv
 PUBLISHED_ATTENTION_RESOLUTION = 64
 
 
-def config_for_size(size: int, channel_width: int = 128, attention_resolution: int = PUBLISHED_ATTENTION_RESOLUTION) -> BigGANConfig:
+def config_for_size(
+    size: int,
+    channel_width: int = 128,
+    attention_resolution: int = PUBLISHED_ATTENTION_RESOLUTION,
+    two_blocks_per_resolution: bool = True,
+) -> BigGANConfig:
     """The published BigGAN-deep layout for 128, 256 or 512 px: 128 channels a width unit, self-attention over the
-    64 x 64 feature map. A small channel_width and a coarser attention_resolution give a toy model of the same
-    modules."""
+    64 x 64 feature map, two blocks per resolution (one keeps the map's size, the next doubles it).
+
+    A small channel_width, a coarser attention_resolution and one block per resolution give a toy model of the same
+    modules: without `two_blocks_per_resolution` only the 4 x 4 map keeps its block that does not up-sample, so
+    every kind of block still runs (one that keeps the size, ones that double it with and without halving the
+    channels) and the image is as large."""
     blocks = [(False, 16, 16), (True, 16, 16), (False, 16, 16), (True, 16, 8), (False, 8, 8)]
     if size >= 256:
         blocks += [(True, 8, 8), (False, 8, 8)]
     blocks += [(True, 8, 4), (False, 4, 4), (True, 4, 2), (False, 2, 2), (True, 2, 1)]
     if size >= 512:
         blocks += [(False, 1, 1), (True, 1, 1)]
+    if not two_blocks_per_resolution:
+        blocks = blocks[:1] + [block for block in blocks if block[0]]
     if size not in (128, 256, 512):
         raise ValueError(f"BigGAN-deep comes in 128, 256 and 512 px, not {size}")
     return BigGANConfig(

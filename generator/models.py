@@ -17,11 +17,14 @@ from generator.cpu_memory import keep_freed_memory
 from generator.protocol import DEFAULT_CLIP_MODEL, MODEL_KINDS
 from generator.weights import WeightFile, WeightsSource, ensure_files, files_for_sizes
 
-# The tiny preset: BigGAN-deep's modules at the smallest width that still ends in 3 colour channels, attending over
-# the 32 x 32 map instead of 64 x 64. At toy width, attention over 4,096 pixels was over half of a step (measured:
-# 78 of 135 ms forward and backward at 256 px on 2 AVX2 cores); a setup check needs the code path, not the cost.
+# The tiny preset: BigGAN-deep's modules at the smallest width that keeps a channel in every block (at 512 px the
+# last block's bottleneck is a quarter of one width unit), one block per resolution where the published models
+# have two, and self-attention over the 16 x 16 map instead of 64 x 64. A setup check needs the code path, not the
+# cost: at toy width a step's time goes to the number of operations and to the largest maps, not to arithmetic
+# (measured at 256 px on 2 AVX2 cores, forward and backward: attention over 4,096 pixels was 78 of 135 ms; the
+# second block of each resolution then about a quarter of a step).
 TINY_CHANNEL_WIDTH = 4
-TINY_ATTENTION_RESOLUTION = 32
+TINY_ATTENTION_RESOLUTION = 16
 TINY_WARNING = (
     "Using the TINY models: random weights at toy width, for checking a setup without downloading the real "
     "weights (about 1 GB for CLIP and BigGAN-deep at all three sizes). "
@@ -216,7 +219,7 @@ def write_random_weights(folder: Path, sizes: Sequence[int], width: str = "tiny"
 def random_biggan_config(size: int, width: str) -> BigGANConfig:
     """'tiny': the toy preset; 'full': the published layout."""
     if width == "tiny":
-        return biggan_ops.config_for_size(size, TINY_CHANNEL_WIDTH, TINY_ATTENTION_RESOLUTION)
+        return biggan_ops.config_for_size(size, TINY_CHANNEL_WIDTH, TINY_ATTENTION_RESOLUTION, two_blocks_per_resolution=False)
     return biggan_ops.config_for_size(size)
 
 

@@ -6,10 +6,12 @@ import copy
 
 import torch
 import torch.nn.functional as F
+from pytorch_pretrained_biggan.model import SelfAttn
 
 from benchmarks.reference_step import reference_render
 from generator import biggan as biggan_ops
 from generator import biggan_layers
+from generator.models import random_biggan_config
 
 
 def test_prepared_generator_renders_what_the_library_model_renders():
@@ -56,3 +58,25 @@ def test_an_upsampling_block_convolves_the_small_map_as_it_would_the_upsampled_o
 
     torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(our_grad, expected_grad, rtol=1e-12, atol=1e-12)
+
+
+def test_the_tiny_preset_keeps_every_kind_of_block_with_one_per_resolution():
+    """The toy layout drops only the second block of each resolution: a block that keeps the map's size, blocks that
+    double it with and without halving the channels, and self-attention all still run, and images keep their size."""
+    for size in (128, 256, 512):
+        published = biggan_ops.config_for_size(size)
+        tiny = random_biggan_config(size, "tiny")
+        up_samplings = sum(up_sample for up_sample, _, _ in published.layers)
+        assert sum(up_sample for up_sample, _, _ in tiny.layers) == up_samplings
+        assert len(tiny.layers) == up_samplings + 1 < len(published.layers)
+        assert any(not up_sample for up_sample, _, _ in tiny.layers)
+        assert any(up_sample and into != out for up_sample, into, out in tiny.layers)
+        assert any(up_sample and into == out for up_sample, into, out in tiny.layers)
+
+        model = biggan_ops.prepare_for_inference(biggan_ops.random_biggan(tiny))
+        assert any(isinstance(layer, SelfAttn) for layer in model.generator.layers)
+        rows = biggan_ops.latent_rows(tiny)
+        with torch.no_grad():
+            images = biggan_ops.render(model, torch.randn(1, rows, 128), torch.sigmoid(torch.randn(1, rows, 1000) * 0.3 - 3.9))
+        assert images.shape == (1, 3, size, size)
+        assert torch.isfinite(images).all() and images.std().item() > 0.05

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from generator import biggan as biggan_ops
 from generator import clip_model
 from generator.cutouts import cut_and_resize, sample_crop_boxes
 from generator.engine import DreamCancelled, DreamEngine, dream
@@ -128,7 +129,8 @@ def test_bad_settings_are_refused_before_any_work(tiny_models, change):
 
 def test_variation_starts_near_the_saved_latents(tiny_models):
     parent = dream(tiny_models, SPEC)
-    saved = Latents.from_npz(parent.latents_npz, 11, 0.0, torch.Generator(), torch.device("cpu"))
+    rows = biggan_ops.latent_rows(tiny_models.generator(SPEC.size).config)
+    saved = Latents.from_npz(parent.latents_npz, rows, 0.0, torch.Generator(), torch.device("cpu"))
     engine = DreamEngine(tiny_models)
     close = engine.start(SPEC.with_changes(init_latents=parent.latents_npz, init_noise=0.1, seed=99))
     far = engine.start(SPEC.with_changes(seed=99))
