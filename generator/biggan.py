@@ -50,11 +50,11 @@ def render(biggan: BigGAN, z: torch.Tensor, classes: torch.Tensor, library_layer
         else:
             features = layer(features) if library_layers else layers.self_attention(layer, features)
     if library_layers:
-        features = generator.relu(generator.bn(features, TRUNCATION))
-    else:
-        features = torch.addcmul(generator.output_norm_offset, features, generator.output_norm_multiplier).relu_()
-    rgb = generator.conv_to_rgb(features)[:, :3]
-    return (torch.tanh(rgb) + 1) / 2
+        rgb = generator.conv_to_rgb(generator.relu(generator.bn(features, TRUNCATION)))[:, :3]
+        return (torch.tanh(rgb) + 1) / 2
+    features = torch.addcmul(generator.output_norm_offset, features, generator.output_norm_multiplier).relu_()
+    # (tanh(x) + 1) / 2 is sigmoid(2x), and prepare_for_inference doubled conv_to_rgb: one operation, not three.
+    return torch.sigmoid(generator.conv_to_rgb(features))
 
 
 def prepare_for_inference(biggan: BigGAN) -> BigGAN:
@@ -63,7 +63,8 @@ def prepare_for_inference(biggan: BigGAN) -> BigGAN:
     - Spectral norm divides every weight by its largest singular value on each forward; with frozen weights that
       quotient never changes, so it is computed once here (exactly as an eval-mode forward would).
     - The last convolution computes `channel_width` channels at full resolution and the model keeps 3 of them;
-      keep only those 3 filters (at 512 px that alone saves about 75 GFLOP per image).
+      keep only those 3 filters (at 512 px that alone saves about 75 GFLOP per image), doubled, so that the image
+      is the sigmoid of its output.
     - Each block's batch norms at truncation 1 are affine in its condition: one matrix for all of them
       (biggan_layers.fold_batch_norms), and the last batch norm is one multiply-add.
     - An up-sampling block's nearest up-sampling and 3 x 3 convolution are one transposed convolution
@@ -79,6 +80,8 @@ def prepare_for_inference(biggan: BigGAN) -> BigGAN:
     for parameter in biggan.parameters():
         parameter.requires_grad_(False)
     with torch.no_grad():
+        generator.conv_to_rgb.weight.mul_(2)
+        generator.conv_to_rgb.bias.mul_(2)
         for layer in generator.layers:
             if isinstance(layer, GenBlock):
                 layers.fold_batch_norms(layer, TRUNCATION)

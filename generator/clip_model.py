@@ -92,9 +92,10 @@ def input_resolution(model: CLIP) -> int:
 
 def normalize_pixels(images: torch.Tensor) -> torch.Tensor:
     """Images (..., 3, H, W) in [0, 1] to the normalised input CLIP was trained on."""
-    mean = torch.tensor(CLIP_MEAN, device=images.device, dtype=images.dtype).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=images.device, dtype=images.dtype).view(3, 1, 1)
-    return (images - mean) / std
+    # (x - mean) / std as one multiply-add: x * (1 / std) + (-mean / std).
+    scale = torch.tensor([1 / std for std in CLIP_STD], device=images.device, dtype=images.dtype).view(3, 1, 1)
+    offset = torch.tensor([-mean / std for mean, std in zip(CLIP_MEAN, CLIP_STD)], device=images.device, dtype=images.dtype)
+    return torch.addcmul(offset.view(3, 1, 1), images, scale)
 
 
 def encode_images(model: CLIP, images: torch.Tensor) -> torch.Tensor:
