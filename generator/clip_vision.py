@@ -3,8 +3,10 @@
 The same weights and the same arithmetic as CLIP's own forward; only the order of some sums differs (float
 rounding). What is arranged differently, and why:
 
-- The patch embedding (a convolution whose stride is its kernel) is one matrix product on the image cut into
-  patches. torch's convolution backward for that shape ran 8x slower than the same product (mkldnn, 2-core AVX2).
+- The patch embedding (a convolution whose stride is its kernel) is a matrix product per colour channel on the
+  image cut into patches, summed. torch's convolution backward for that shape ran 8x slower than the same product
+  (mkldnn, 2-core AVX2); and per channel, the crops a step takes come gathered straight into that order
+  (cutouts.cut_into_patches), never copied into place.
 - Tokens stay batch-first, and attention takes its queries, keys and values as views of one projection. CLIP's
   nn.MultiheadAttention transposes and copies them, and its backward zero-fills a buffer three times the
   projection's size for each of the three.
@@ -22,7 +24,12 @@ from torch import nn
 def encode(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Embeddings (n, embed_dim) in fp32 of images (n, 3, res, res) at CLIP's input resolution, normalised as CLIP
     was trained (clip_model.normalize_pixels)."""
-    tokens = visual.ln_pre(embed_patches(visual, images.to(visual.conv1.weight.dtype)))
+    return encode_patches(visual, image_patches(images, visual.conv1.kernel_size[0]))
+
+
+def encode_patches(visual: nn.Module, patches: torch.Tensor) -> torch.Tensor:
+    """Embeddings (n, embed_dim) in fp32 of n images cut into patches as `image_patches` cuts them."""
+    tokens = visual.ln_pre(embed_patches(visual, patches.to(visual.conv1.weight.dtype)))
     *leading_blocks, last_block = visual.transformer.resblocks
     for block in leading_blocks:
         tokens = tokens + attention(block.attn, block.ln_1(tokens))
@@ -32,17 +39,24 @@ def encode(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return (visual.ln_post(summary[:, 0]) @ visual.proj).float()
 
 
-def embed_patches(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Tokens (n, 1 + grid^2, width): the class token, then each patch's embedding, plus positions."""
+def image_patches(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Images (n, 3, res, res) as (3, n, patches, patch_size^2): for each colour channel, each image's patches row by
+    row, the pixels of a patch row by row."""
     count, channels, height, width = images.shape
-    patch = visual.conv1.kernel_size[0]
-    grid = height // patch
-    if height != width or grid * patch != height:
-        raise ValueError(f"CLIP takes square images of a multiple of {patch} pixels, not {height}x{width}")
-    # (n, c, gy, py, gx, px) -> (n, gy, gx, c, py, px): each row is one patch in the convolution weight's order.
-    patches = images.reshape(count, channels, grid, patch, grid, patch).permute(0, 2, 4, 1, 3, 5)
-    filters = visual.conv1.weight.reshape(visual.conv1.out_channels, -1)
-    embedded = (patches.reshape(count * grid * grid, -1) @ filters.t()).view(count, grid * grid, -1)
+    grid = height // patch_size
+    if height != width or grid * patch_size != height:
+        raise ValueError(f"CLIP takes square images of a multiple of {patch_size} pixels, not {height}x{width}")
+    # (n, c, gy, py, gx, px) -> (c, n, gy, gx, py, px)
+    patches = images.reshape(count, channels, grid, patch_size, grid, patch_size).permute(1, 0, 2, 4, 3, 5)
+    return patches.reshape(channels, count, grid * grid, patch_size * patch_size)
+
+
+def embed_patches(visual: nn.Module, patches: torch.Tensor) -> torch.Tensor:
+    """Tokens (n, 1 + patches, width): the class token, then each patch's embedding, plus positions."""
+    channels, count, patch_count, _ = patches.shape
+    # The convolution's filters (width, c, py, px) as one (py px, width) matrix per channel.
+    filters = visual.conv1.weight.reshape(visual.conv1.out_channels, channels, -1).permute(1, 2, 0)
+    embedded = torch.bmm(patches.reshape(channels, count * patch_count, -1), filters).sum(dim=0).view(count, patch_count, -1)
     class_token = visual.class_embedding.to(embedded.dtype).expand(count, 1, -1)
     return torch.cat([class_token, embedded], dim=1) + visual.positional_embedding.to(embedded.dtype)
 

@@ -108,7 +108,7 @@ class StepNetworks:
         self.models = models
         self.compiled = compiled
         self._render: Callable[..., torch.Tensor] = biggan_ops.render
-        self._encode: Callable[..., torch.Tensor] = clip_vision.encode
+        self._encode: Callable[..., torch.Tensor] = clip_vision.encode_patches
         self._uses_cuda_graphs = compiled and backend == "inductor" and models.device.type == "cuda"
         if compiled:
             import torch._dynamo.config as dynamo_config
@@ -118,7 +118,7 @@ class StepNetworks:
                     setattr(dynamo_config, limit, max(getattr(dynamo_config, limit), GRAPHS_PER_FUNCTION))
             mode = "reduce-overhead" if self._uses_cuda_graphs else None
             self._render = torch.compile(biggan_ops.render, backend=backend, mode=mode, dynamic=False)
-            self._encode = torch.compile(clip_vision.encode, backend=backend, mode=mode, dynamic=False)
+            self._encode = torch.compile(clip_vision.encode_patches, backend=backend, mode=mode, dynamic=False)
 
     def begin_step(self) -> None:
         """Before each step's forward: the last step's CUDA graph outputs may be overwritten from here on."""
@@ -134,13 +134,14 @@ class StepNetworks:
         padding = batch_bucket(images) - images
         return self._render(generator, _pad_rows(z, padding), _pad_rows(classes, padding))[:images]
 
-    def encode(self, crops: torch.Tensor) -> torch.Tensor:
-        """clip_vision.encode of normalised crops (n, 3, res, res); compiled, n is padded to its bucket."""
+    def encode(self, patches: torch.Tensor) -> torch.Tensor:
+        """clip_vision.encode_patches of normalised crops cut into patches (3, n, patches, pixels); compiled, n is
+        padded to its bucket."""
         visual = self.models.clip.visual
         if not self.compiled:
-            return self._encode(visual, crops)
-        count = crops.shape[0]
-        padded = torch.cat([crops, crops.new_zeros((crop_bucket(count) - count, *crops.shape[1:]))])
+            return self._encode(visual, patches)
+        channels, count, *patch_shape = patches.shape
+        padded = torch.cat([patches, patches.new_zeros((channels, crop_bucket(count) - count, *patch_shape))], dim=1)
         return self._encode(visual, padded)[:count]
 
     def warm_up(self, step: Callable[[int, int], None], sizes: Sequence[int], max_batch_size: int) -> float:
@@ -165,7 +166,7 @@ class StepNetworks:
         """Run eagerly from now on, saying why in one line."""
         log.warning("compiling the step failed (%s: %s); running it uncompiled", type(error).__name__, error)
         self.compiled = self._uses_cuda_graphs = False
-        self._render, self._encode = biggan_ops.render, clip_vision.encode
+        self._render, self._encode = biggan_ops.render, clip_vision.encode_patches
 
 
 def _pad_rows(rows: torch.Tensor, padding: int) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -68,16 +69,26 @@ def _nearest_source_pixels(side: int, output_size: int) -> torch.Tensor:
     return F.interpolate(positions, size=output_size, mode="nearest").view(output_size).long()
 
 
-def cut_and_resize(image: torch.Tensor, boxes: CropBoxes, output_size: int) -> torch.Tensor:
-    """Crops (n, 3, output_size, output_size) of one image (3, H, W), resized with nearest neighbours.
+def cut_into_patches(images: torch.Tensor, boxes: Sequence[CropBoxes], output_size: int, patch_size: int) -> torch.Tensor:
+    """Each image's crops, resized to output_size with nearest neighbours and cut into CLIP's patch_size squares:
+    (3, crops, patches, patch_size^2), crops in order (all of image 0's boxes, then image 1's, ...), patches row by
+    row, the pixels of a patch row by row. images: (batch, 3, H, W); boxes: one CropBoxes per image.
 
-    One index_select over the flattened image for all crops, instead of a slice and a resize per crop. Its
-    backward (index_add) is deterministic on the CPU, where advanced indexing's backward is not.
+    One index_select over the batch's pixels, channel by channel, gathers every crop straight into the order CLIP's
+    patch embedding multiplies (clip_vision.embed_patches): neither the crops nor their patches are copied into
+    place afterwards, forward or backward. Its backward (index_add) is deterministic on the CPU, where advanced
+    indexing's backward is not.
     """
-    channels, height, width = image.shape
-    source = torch.stack([_nearest_source_pixels(int(side), output_size) for side in boxes.side.tolist()])
-    rows = boxes.top[:, None] + source
-    columns = boxes.left[:, None] + source
-    flat_pixels = (rows[:, :, None] * width + columns[:, None, :]).flatten().to(image.device)
-    crops = image.reshape(channels, height * width).index_select(1, flat_pixels)
-    return crops.view(channels, len(boxes), output_size, output_size).permute(1, 0, 2, 3)
+    batch, channels, height, width = images.shape
+    grid = output_size // patch_size
+    flat_pixels = []
+    for image_index, image_boxes in enumerate(boxes):
+        source = torch.stack([_nearest_source_pixels(int(side), output_size) for side in image_boxes.side.tolist()])
+        # (crops, grid, patch_size): the source row (or column) of each patch's pixel rows (or columns).
+        rows = (image_boxes.top[:, None] + source).view(-1, grid, patch_size)
+        columns = (image_boxes.left[:, None] + source).view(-1, grid, patch_size)
+        # (crops, patch row, patch column, pixel row, pixel column)
+        pixels = rows[:, :, None, :, None] * width + columns[:, None, :, None, :] + image_index * height * width
+        flat_pixels.append(pixels.flatten())
+    gathered = images.transpose(0, 1).reshape(channels, batch * height * width).index_select(1, torch.cat(flat_pixels).to(images.device))
+    return gathered.view(channels, -1, grid * grid, patch_size * patch_size)

@@ -23,7 +23,7 @@ from PIL import Image
 from generator import biggan as biggan_ops
 from generator import clip_model, clip_vision
 from generator.compiled import StepNetworks
-from generator.cutouts import cut_and_resize, sample_crop_boxes
+from generator.cutouts import CropBoxes, cut_into_patches, sample_crop_boxes
 from generator.images import read_picture, timelapse_gif, to_pil
 from generator.latents import LatentAverage, Latents, class_vectors
 from generator.losses import SIMILARITY_WEIGHT, class_loss, latent_loss, similarity_loss
@@ -162,21 +162,14 @@ class DreamEngine:
         size = jobs[0].size
         if any(job.size != size for job in jobs):
             raise ValueError("jobs of different image sizes cannot share a step")
-        models = self.models
         z = torch.stack([job.latents.z for job in jobs])
         classes = torch.stack([class_vectors(job.latents.class_logits, job.spec.max_classes, job.spec.class_temperature) for job in jobs])
         images = self.networks.render(size, z, classes)
 
         # Normalised before cropping: the same per-pixel arithmetic, on far fewer pixels than the crops hold.
-        normalized = clip_model.normalize_pixels(images)
-        clip_size = clip_model.input_resolution(models.clip)
-        crops = torch.cat(
-            [
-                cut_and_resize(image, sample_crop_boxes(size, job.cutouts, job.crop_rng, job.spec.center_bias), clip_size)
-                for image, job in zip(normalized, jobs)
-            ]
-        )
-        embeddings = self.networks.encode(crops).split([job.cutouts for job in jobs])
+        boxes = [sample_crop_boxes(size, job.cutouts, job.crop_rng, job.spec.center_bias) for job in jobs]
+        patches = self._cut_into_patches(clip_model.normalize_pixels(images), boxes)
+        embeddings = self.networks.encode(patches).split([job.cutouts for job in jobs])
         similarity = torch.stack(
             [
                 similarity_loss(job_embeddings, job.positive_embeddings, job.negative_embeddings, job.positive_weights)
@@ -184,6 +177,10 @@ class DreamEngine:
             ]
         )
         return similarity + latent_loss(z) + class_loss(classes)
+
+    def _cut_into_patches(self, normalized: torch.Tensor, boxes: Sequence[CropBoxes]) -> torch.Tensor:
+        clip = self.models.clip
+        return cut_into_patches(normalized, boxes, clip_model.input_resolution(clip), clip_model.patch_size(clip))
 
     def step(self, jobs: Sequence[DreamJob]) -> list[float]:
         """Advance every job by one optimisation step; returns each job's loss before the step."""
@@ -282,8 +279,8 @@ class DreamEngine:
         not depend on scoring), so every score of a job is taken on the same crops and scores compare."""
         crop_rng = torch.Generator().manual_seed(job.spec.seed)
         boxes = sample_crop_boxes(job.size, job.cutouts, crop_rng, job.spec.center_bias)
-        crops = cut_and_resize(clip_model.normalize_pixels(image), boxes, clip_model.input_resolution(self.models.clip))
-        embeddings = clip_vision.encode(self.models.clip.visual, crops)
+        patches = self._cut_into_patches(clip_model.normalize_pixels(image[None]), [boxes])
+        embeddings = clip_vision.encode_patches(self.models.clip.visual, patches)
         loss = similarity_loss(embeddings, job.positive_embeddings, job.negative_embeddings, job.positive_weights)
         return -loss.item() / SIMILARITY_WEIGHT
 

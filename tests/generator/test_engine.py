@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from generator import biggan as biggan_ops
-from generator import clip_model
-from generator.cutouts import cut_and_resize, sample_crop_boxes
+from generator import clip_model, clip_vision
+from generator.cutouts import cut_into_patches, sample_crop_boxes
 from generator.engine import DreamCancelled, DreamEngine, dream
 from generator.latents import Latents
 from generator.protocol import DreamSpec, JobProgress, JobRequest, JobResult, SpecError
@@ -45,14 +45,22 @@ def test_crop_positions_come_from_the_seed():
     assert bool(((boxes[0].top + boxes[0].side) <= 256).all() and ((boxes[0].left + boxes[0].side) <= 256).all())
 
 
-def test_one_gather_matches_slicing_and_resizing_each_crop():
-    image = torch.rand(3, 128, 128)
-    boxes = sample_crop_boxes(128, 12, torch.Generator().manual_seed(3))
+def test_one_gather_matches_slicing_resizing_and_cutting_each_crop_into_patches():
+    """cut_into_patches: every image's crops of a batch, in order, as CLIP's patches of each crop resized alone."""
+    images = torch.rand(2, 3, 128, 128)
+    boxes = [sample_crop_boxes(128, count, torch.Generator().manual_seed(seed)) for count, seed in ((12, 3), (5, 4))]
     expected = torch.cat([
         F.interpolate(image[None, :, top:top + side, left:left + side], size=(224, 224), mode="nearest")
-        for top, left, side in zip(boxes.top.tolist(), boxes.left.tolist(), boxes.side.tolist())
+        for image, image_boxes in zip(images, boxes)
+        for top, left, side in zip(image_boxes.top.tolist(), image_boxes.left.tolist(), image_boxes.side.tolist())
     ])
-    assert torch.equal(cut_and_resize(image, boxes, 224), expected)
+    assert torch.equal(cut_into_patches(images, boxes, 224, 32), clip_vision.image_patches(expected, 32))
+    # The patch order is CLIP's: the convolution over whole crops and the product over patches agree.
+    crops = expected[:3]
+    convolution = F.conv2d(crops, torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)), stride=32)
+    weights = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)).reshape(8, 3, -1).permute(1, 2, 0)
+    product = torch.bmm(clip_vision.image_patches(crops, 32).reshape(3, -1, 32 * 32), weights).sum(dim=0)
+    torch.testing.assert_close(product.view(3, 7, 7, 8).permute(0, 3, 1, 2), convolution, rtol=1e-4, atol=1e-4)
 
 
 def test_class_token_shortcut_matches_clips_own_image_encoder(tiny_models):
