@@ -112,7 +112,7 @@ def test_cuda_runs_use_repeatable_kernels_and_the_cpu_is_left_alone():
 
 @pytest.mark.parametrize("dropped", [
     ["generator.gen_z.weight_u"],
-    ["generator.layers.0.conv_1.weight_v", "generator.layers.3.bn_2.scale.weight_u", "generator.conv_to_rgb.weight_v"],
+    ["generator.layers.0.conv_1.weight_v", "generator.layers.1.bn_2.scale.weight_u", "generator.conv_to_rgb.weight_v"],
 ])
 def test_a_checkpoint_without_its_spectral_norm_vectors_is_refused(tmp_path, dropped):
     folder = tmp_path / "weights"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from pytorch_pretrained_biggan import BigGAN
+from pytorch_pretrained_biggan import BigGAN, BigGANConfig
 
 from generator import biggan as biggan_ops
 from generator import clip_model
@@ -47,7 +47,10 @@ def test_biggan_file_is_a_legacy_pickle_with_the_converters_spectral_norm_buffer
         assert pickle.load(file) == 0x1950A86A20F9469CFC6C  # the legacy format's magic number comes first
     state = torch.load(path, map_location="cpu", weights_only=True)
     normed = [key.removesuffix(".weight_orig") for key in state if key.endswith(".weight_orig")]
-    assert len(normed) > 100  # every linear, convolution and batch-norm projection of the generator
+    # Every linear, convolution and batch-norm projection of the generator.
+    library_model = BigGAN(BigGANConfig.from_json_file(str(path.parent / "config.json")))
+    assert sorted(normed) == sorted(name for name, module in library_model.named_modules() if hasattr(module, "weight_orig"))
+    assert len(normed) > 70
     for module in normed:
         weight = state[f"{module}.weight_orig"]
         # The converter's shapes: u has one entry per output, v one per input (times the kernel's area).

@@ -221,15 +221,23 @@ async def test_a_cluster_lost_mid_job_gives_its_jobs_back_and_work_resumes_when_
     dispatcher.start()
     try:
         await asyncio.wait_for(until_workers_ready(pool, 1), RESULT_TIMEOUT)
-        job = await queue_job(dispatcher, 1, 1, "its cluster goes away", steps=60)
+        # 400 steps: still running when the cluster goes (60 steps of the tiny models were over before that).
+        job = await queue_job(dispatcher, 1, 1, "its cluster goes away", steps=400)
         await asyncio.wait_for(sink.until_stepping(job.id), 60)
         lost_at = time.monotonic()
         await asyncio.to_thread(joined.crash)
-        while (await store.require(job.id)).state != "queued":
-            await asyncio.sleep(0.1)
+
+        async def until_queued_again() -> None:
+            while (await store.require(job.id)).state != "queued":
+                await asyncio.sleep(0.1)
+
+        async def until_unreachable() -> None:
+            while "cannot be reached" not in (pool.health().problem or ""):
+                await asyncio.sleep(0.1)
+
+        await asyncio.wait_for(until_queued_again(), 60)
         given_back = time.monotonic() - lost_at
-        while "cannot be reached" not in (pool.health().problem or ""):
-            await asyncio.sleep(0.1)
+        await asyncio.wait_for(until_unreachable(), 60)
         assert pool.workers() == [] and not dispatcher.backend_ready
 
         await asyncio.to_thread(joined.start)
