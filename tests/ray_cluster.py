@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 CPUS = 4
+TESTS = Path(__file__).resolve().parent
 
 
 def free_port() -> int:
@@ -41,7 +42,9 @@ class RayCluster:
         self.process: subprocess.Popen[bytes] | None = None
 
     def environment(self) -> dict[str, str]:
-        return {**os.environ, **self.auth, "RAY_USAGE_STATS_ENABLED": "0"}
+        # The actors import the tests' engine with faults (worker_faults), as local worker processes do.
+        python_path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+        return {**os.environ, **self.auth, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": python_path}
 
     def start(self, timeout: float = 60.0) -> None:
         if self.process is not None:

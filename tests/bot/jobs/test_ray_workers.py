@@ -32,8 +32,10 @@ from generator.wire import WorkerConfig
 
 pytestmark = pytest.mark.timeout(300)
 
+# The tests' engine (tests/worker_faults.py): "[slow=MS]" in a prompt keeps a job running for as long as a test needs,
+# whatever the speed of the tiny models.
 TINY = WorkerConfig(models_kind="tiny", sizes=(128,), device="cpu", clip_precision="fp32", max_batch_size=2,
-                    start_retry_pauses_s=(1.0,))
+                    start_retry_pauses_s=(1.0,), engine_factory="worker_faults:fault_injecting_engine")
 RESULT_TIMEOUT = 150.0
 
 
@@ -145,10 +147,11 @@ async def test_jobs_spread_over_two_actors_in_fair_order_and_a_256_px_job_waits(
     pool = ray_pool(joined)
     dispatcher = dispatcher_for(store, pool, tmp_path, sink)
     dispatcher.start()
-    # Server 1 queues three jobs before servers 2 and 3 queue one each; no actor is ready yet. 40 steps each: the
-    # actor ready first is still busy when the second gets ready (the two start within a second of each other).
-    jobs = [await queue_job(dispatcher, 1, 11, f"one-{n}", steps=40) for n in range(3)]
-    jobs += [await queue_job(dispatcher, 2, 21, "two", steps=40), await queue_job(dispatcher, 3, 31, "three", steps=40)]
+    # Server 1 queues three jobs before servers 2 and 3 queue one each; no actor is ready yet. Each job takes at least
+    # 2 s: the actor ready first is still busy when the second gets ready (the two start within a second of each other).
+    slow = " [slow=50]"
+    jobs = [await queue_job(dispatcher, 1, 11, f"one-{n}{slow}", steps=40) for n in range(3)]
+    jobs += [await queue_job(dispatcher, 2, 21, f"two{slow}", steps=40), await queue_job(dispatcher, 3, 31, f"three{slow}", steps=40)]
     large = await queue_job(dispatcher, 3, 32, "too large for these workers", size=256)
     try:
         await asyncio.wait_for(sink.until(len(jobs)), RESULT_TIMEOUT)
@@ -157,7 +160,7 @@ async def test_jobs_spread_over_two_actors_in_fair_order_and_a_256_px_job_waits(
     finally:
         await dispatcher.stop()
 
-    prompt_of = {job.id: job.spec.prompt for job in jobs}
+    prompt_of = {job.id: job.spec.prompt.removesuffix(slow) for job in jobs}
     assert [prompt_of[job_id] for job_id, _, _ in sink.starts] == ["one-0", "two", "three", "one-1", "one-2"]
     assert {worker for _, worker, _ in sink.starts} == {"ray-1", "ray-2"}
     assert all(state == "done" for state in sink.ended.values())
@@ -173,8 +176,8 @@ async def test_a_killed_actor_hands_its_job_to_the_other_worker_and_a_cancel_rea
     dispatcher.start()
     try:
         await asyncio.wait_for(until_workers_ready(pool, 2), RESULT_TIMEOUT)
-        victim = await queue_job(dispatcher, 1, 1, "its actor is killed", steps=400)
-        cancelled = await queue_job(dispatcher, 2, 2, "cancelled on its remote worker", steps=400)
+        victim = await queue_job(dispatcher, 1, 1, "its actor is killed [slow=50]", steps=200)
+        cancelled = await queue_job(dispatcher, 2, 2, "cancelled on its remote worker [slow=50]", steps=200)
         await asyncio.wait_for(sink.until_stepping(victim.id, cancelled.id), 60)
         placed = {job_id: worker for job_id, worker, _ in sink.starts}
         assert placed[victim.id] != placed[cancelled.id]  # one job per worker: the most free slots first
@@ -221,8 +224,7 @@ async def test_a_cluster_lost_mid_job_gives_its_jobs_back_and_work_resumes_when_
     dispatcher.start()
     try:
         await asyncio.wait_for(until_workers_ready(pool, 1), RESULT_TIMEOUT)
-        # 400 steps: still running when the cluster goes (60 steps of the tiny models were over before that).
-        job = await queue_job(dispatcher, 1, 1, "its cluster goes away", steps=400)
+        job = await queue_job(dispatcher, 1, 1, "its cluster goes away [slow=50]", steps=200)
         await asyncio.wait_for(sink.until_stepping(job.id), 60)
         lost_at = time.monotonic()
         await asyncio.to_thread(joined.crash)
