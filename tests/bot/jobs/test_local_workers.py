@@ -65,8 +65,9 @@ async def test_through_discord_a_worker_killed_mid_job_still_gets_every_image_po
 
     members = [(world.channels[0], world.alice), (world.channels[0], world.bob), (world.channels[1], world.carol),
                (world.channels[2], world.dave)]
-    # Long enough to be still running after a progress message and a /queue, however quick the tiny models are.
-    _, doomed = await imagine(fake_discord, world.channels[0], world.alice, "its worker is killed", steps=80)
+    # Still running after a progress message and a /queue: 300 steps are seconds of the tiny models (one thread each;
+    # 80 steps took about a second once the tiny preset got quicker). The bot's workers cannot load the tests' engine.
+    _, doomed = await imagine(fake_discord, world.channels[0], world.alice, "its worker is killed", steps=300)
     await fake_discord.wait_for_message(world.channels[0], lambda m: "killed" in m.content and "%) step" in m.content,
                                         timeout=RESULT_TIMEOUT)
     queue = await (await fake_discord.invoke_command(world.channels[0], world.alice, "queue")).wait_response()
