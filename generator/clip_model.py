@@ -90,10 +90,6 @@ def input_resolution(model: CLIP) -> int:
     return model.visual.input_resolution
 
 
-def patch_size(model: CLIP) -> int:
-    return model.visual.conv1.kernel_size[0]
-
-
 def normalize_pixels(images: torch.Tensor) -> torch.Tensor:
     """Images (..., 3, H, W) in [0, 1] to the normalised input CLIP was trained on."""
     # (x - mean) / std as one multiply-add: x * (1 / std) + (-mean / std).

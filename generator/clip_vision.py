@@ -24,7 +24,12 @@ from torch import nn
 def encode(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Embeddings (n, embed_dim) in fp32 of images (n, 3, res, res) at CLIP's input resolution, normalised as CLIP
     was trained (clip_model.normalize_pixels)."""
-    return encode_patches(visual, image_patches(images, visual.conv1.kernel_size[0]))
+    return encode_patches(visual, image_patches(images, patch_size(visual)))
+
+
+def patch_size(visual: nn.Module) -> int:
+    """The side of the squares the tower reads an image in (its patch embedding's stride and kernel)."""
+    return visual.conv1.kernel_size[0]
 
 
 def encode_patches(visual: nn.Module, patches: torch.Tensor) -> torch.Tensor:

@@ -106,9 +106,8 @@ class StepNetworks:
 
     def __init__(self, models: DreamModels, compiled: bool = False, backend: str = "inductor"):
         self.models = models
+        self._run_eagerly()
         self.compiled = compiled
-        self._render: Callable[..., torch.Tensor] = biggan_ops.render
-        self._encode: Callable[..., torch.Tensor] = clip_vision.encode_patches
         self._uses_cuda_graphs = compiled and backend == "inductor" and models.device.type == "cuda"
         if compiled:
             import torch._dynamo.config as dynamo_config
@@ -117,8 +116,8 @@ class StepNetworks:
                 if hasattr(dynamo_config, limit):
                     setattr(dynamo_config, limit, max(getattr(dynamo_config, limit), GRAPHS_PER_FUNCTION))
             mode = "reduce-overhead" if self._uses_cuda_graphs else None
-            self._render = torch.compile(biggan_ops.render, backend=backend, mode=mode, dynamic=False)
-            self._encode = torch.compile(clip_vision.encode_patches, backend=backend, mode=mode, dynamic=False)
+            self._render = torch.compile(self._render, backend=backend, mode=mode, dynamic=False)
+            self._encode = torch.compile(self._encode, backend=backend, mode=mode, dynamic=False)
 
     def begin_step(self) -> None:
         """Before each step's forward: the last step's CUDA graph outputs may be overwritten from here on."""
@@ -165,8 +164,12 @@ class StepNetworks:
     def stop_compiling(self, error: BaseException) -> None:
         """Run eagerly from now on, saying why in one line."""
         log.warning("compiling the step failed (%s: %s); running it uncompiled", type(error).__name__, error)
+        self._run_eagerly()
+
+    def _run_eagerly(self) -> None:
         self.compiled = self._uses_cuda_graphs = False
-        self._render, self._encode = biggan_ops.render, clip_vision.encode_patches
+        self._render: Callable[..., torch.Tensor] = biggan_ops.render
+        self._encode: Callable[..., torch.Tensor] = clip_vision.encode_patches
 
 
 def _pad_rows(rows: torch.Tensor, padding: int) -> torch.Tensor:

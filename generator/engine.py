@@ -180,7 +180,7 @@ class DreamEngine:
 
     def _cut_into_patches(self, normalized: torch.Tensor, boxes: Sequence[CropBoxes]) -> torch.Tensor:
         clip = self.models.clip
-        return cut_into_patches(normalized, boxes, clip_model.input_resolution(clip), clip_model.patch_size(clip))
+        return cut_into_patches(normalized, boxes, clip_model.input_resolution(clip), clip_vision.patch_size(clip.visual))
 
     def step(self, jobs: Sequence[DreamJob]) -> list[float]:
         """Advance every job by one optimisation step; returns each job's loss before the step."""
